@@ -1,0 +1,71 @@
+"""The one SparkSession factory: reuse an active session (spark-submit, Databricks), else build a
+local one with Delta from the jars that `scripts/setup.sh` cached."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+
+from py4j.java_gateway import JavaClass
+from pyspark.sql import SparkSession
+
+from cdml_spark.config import AppConfig
+
+log = logging.getLogger(__name__)
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+class SetupError(RuntimeError):
+    """The environment lacks something `scripts/setup.sh` provides."""
+
+
+def delta_jars(cache_dir: str) -> list[str]:
+    jars = sorted(glob.glob(os.path.join(cache_dir, "jars", "delta-*.jar")))
+    if not jars:
+        raise SetupError(f"no Delta jars in {cache_dir}/jars: run scripts/setup.sh (or set storage.cache_dir)")
+    return jars
+
+
+def get_spark(cfg: AppConfig) -> SparkSession:
+    """Active session if there is one (Databricks, or a job that already built it), else a new one.
+
+    Under spark-submit the JVM already exists: its master and jars come from the command line and
+    `spark-defaults.conf` (setup writes one into the venv's pyspark); we only add SQL settings.
+    """
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        builder = SparkSession.builder.appName(cfg.spark.app_name)
+        if "PYSPARK_GATEWAY_PORT" not in os.environ:  # plain `python job.py`: we launch the JVM
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            builder = (
+                builder.master(cfg.spark.master)
+                .config("spark.jars", ",".join(delta_jars(cfg.storage.cache_dir)))
+                .config("spark.driver.memory", cfg.spark.driver_memory)
+                .config("spark.ui.showConsoleProgress", "false")
+            )
+            for key, value in DELTA_CONF.items():
+                builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+    _check_delta(spark)
+    spark.conf.set("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    for key, value in cfg.spark.extra_conf.items():
+        spark.conf.set(key, value)
+    return spark
+
+
+def _check_delta(spark: SparkSession) -> None:
+    if not isinstance(spark._jvm.io.delta.tables.DeltaTable, JavaClass):
+        raise SetupError(
+            "Delta Lake is not on this Spark's classpath: run scripts/setup.sh and use .venv/bin/spark-submit, "
+            "or pass --packages io.delta:delta-spark_2.12:3.3.2"
+        )
+    if "DeltaSparkSessionExtension" not in spark.conf.get("spark.sql.extensions", ""):
+        raise SetupError("spark.sql.extensions lacks io.delta.sql.DeltaSparkSessionExtension")

@@ -1,0 +1,188 @@
+"""The one place that names tables and their schemas, and reads/writes them as Delta.
+
+Locally (`storage.tables_root` set) each table is a Delta folder `<tables_root>/<name>` registered
+in the session catalog as `<database>.<name>`; on Unity Catalog (`tables_root: null`) it is the
+managed table `<catalog>.<schema>.<name>`. Every write is one atomic `CREATE OR REPLACE TABLE ... AS
+SELECT` commit: a failed job leaves the previous version readable, a rerun replaces (never appends).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cdml_spark.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+
+def _field(name: str, dtype: T.DataType, comment: str, nullable: bool = True) -> T.StructField:
+    return T.StructField(name, dtype, nullable, metadata={"comment": comment})
+
+
+LINEAGE_FIELDS = [
+    _field("run_id", T.StringType(), "Id of the job run that wrote this row", False),
+    _field("params_hash", T.StringType(), "SHA-256 prefix of the job's parameters", False),
+    _field("built_at", T.TimestampType(), "UTC time the writing job started", False),
+]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    comment: str
+    fields: tuple[T.StructField, ...]
+    partition_by: tuple[str, ...] = ()
+
+    @property
+    def schema(self) -> T.StructType:
+        return T.StructType([*self.fields, *LINEAGE_FIELDS])
+
+
+WATCH_EVENTS = TableSpec(
+    "watch_events",
+    "Validated, de-duplicated watch events: one row per (user, video, time) watch.",
+    (
+        _field("user_id", T.StringType(), "User id (source id as string)", False),
+        _field("video_id", T.StringType(), "Video id (source id as string)", False),
+        _field("event_ts", T.TimestampType(), "Watch time, UTC", False),
+        _field("watch_seconds", T.DoubleType(), "Seconds watched; null = unknown (e.g. MovieLens)"),
+        _field("event_date", T.DateType(), "UTC date of event_ts (partition column)", False),
+    ),
+    partition_by=("event_date",),
+)
+
+WATCH_EVENTS_QUARANTINE = TableSpec(
+    "watch_events_quarantine",
+    "Input watch events rejected by validation, with the first failed rule in `reason`.",
+    (
+        _field("user_id", T.StringType(), "User id as read (may be null/empty)"),
+        _field("video_id", T.StringType(), "Video id as read (may be null/empty)"),
+        _field("event_ts", T.TimestampType(), "Watch time as read, UTC"),
+        _field("watch_seconds", T.DoubleType(), "Seconds watched as read"),
+        _field("reason", T.StringType(), "Rule that rejected the row", False),
+    ),
+)
+
+COWATCH_EDGES = TableSpec(
+    "cowatch_edges",
+    "Co-watch graph: for each video its top-N co-watched videos (directed rows, ranked).",
+    (
+        _field("video_id", T.StringType(), "The video", False),
+        _field("neighbor_id", T.StringType(), "A co-watched video", False),
+        _field("rank", T.IntegerType(), "1 = strongest neighbour of video_id", False),
+        _field("cowatch_users", T.LongType(), "Distinct users who watched both within the window", False),
+        _field("score", T.DoubleType(), "cowatch_users / sqrt(video_users * neighbor_users) (cosine)", False),
+        _field("video_users", T.LongType(), "Users with video_id in their kept history", False),
+        _field("neighbor_users", T.LongType(), "Users with neighbor_id in their kept history", False),
+    ),
+)
+
+VIDEO_STATS = TableSpec(
+    "video_stats",
+    "Per-video watch statistics from watch_events and the co-watch graph.",
+    (
+        _field("video_id", T.StringType(), "The video", False),
+        _field("events", T.LongType(), "Watch events", False),
+        _field("users", T.LongType(), "Distinct users", False),
+        _field("history_users", T.LongType(), "Users with the video among their max_history kept", False),
+        _field("first_watch", T.TimestampType(), "Earliest watch, UTC", False),
+        _field("last_watch", T.TimestampType(), "Latest watch, UTC", False),
+        _field("neighbors", T.LongType(), "Rows for this video in cowatch_edges", False),
+    ),
+)
+
+ALL_TABLES = (WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, COWATCH_EDGES, VIDEO_STATS)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    run_id: str
+    params_hash: str
+    built_at: datetime
+
+    @classmethod
+    def new(cls, job: str, params: dict, run_id: str | None = None) -> Lineage:
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        return cls(run_id or f"{job}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", digest, now)
+
+    def columns(self) -> list[Column]:
+        return [
+            F.lit(self.run_id).alias("run_id"),
+            F.lit(self.params_hash).alias("params_hash"),
+            F.lit(self.built_at.replace(tzinfo=None)).cast("timestamp").alias("built_at"),
+        ]
+
+
+class TableStore:
+    """Reads and writes the project's tables by spec, wherever the config puts them."""
+
+    def __init__(self, spark: SparkSession, storage: StorageConfig):
+        self.spark = spark
+        self.storage = storage
+        self.local = storage.tables_root is not None
+        spark.sql(f"CREATE {'DATABASE' if self.local else 'SCHEMA'} IF NOT EXISTS {storage.database}")
+        if self.local:
+            self._register_existing()
+
+    def qualified(self, spec: TableSpec) -> str:
+        return f"{self.storage.database}.{spec.name}"
+
+    def path(self, spec: TableSpec) -> str | None:
+        return os.path.abspath(os.path.join(self.storage.tables_root, spec.name)) if self.local else None
+
+    def exists(self, spec: TableSpec) -> bool:
+        if self.local:
+            return os.path.isdir(os.path.join(self.path(spec), "_delta_log"))
+        return self.spark.catalog.tableExists(self.qualified(spec))
+
+    def read(self, spec: TableSpec) -> DataFrame:
+        if not self.exists(spec):
+            raise FileNotFoundError(f"table {self.qualified(spec)} does not exist yet ({self.path(spec) or ''}): "
+                                    "run the job that builds it first")
+        if self.local:  # by path: the session catalog may hold another tables_root's registration
+            return self.spark.read.format("delta").load(self.path(spec))
+        return self.spark.table(self.qualified(spec))
+
+    def version(self, spec: TableSpec) -> int:
+        """Current Delta version of the table (input identity for lineage)."""
+        table = DeltaTable.forPath(self.spark, self.path(spec)) if self.local else (
+            DeltaTable.forName(self.spark, self.qualified(spec)))
+        return table.history(1).first()["version"]
+
+    def write(self, spec: TableSpec, df: DataFrame, lineage: Lineage) -> None:
+        """Replace `spec`'s table with `df` (cast to the spec's columns, with their comments) plus lineage,
+        in one atomic commit."""
+        missing = [f.name for f in spec.fields if f.name not in df.columns]
+        if missing:
+            raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
+        cols = [*[F.col(f.name).cast(f.dataType) for f in spec.fields], *lineage.columns()]
+        out = df.select(*[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields)])
+        view = f"_cdml_write_{spec.name}_{uuid.uuid4().hex[:8]}"
+        out.createOrReplaceTempView(view)
+        partition = f"PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
+        location = f"LOCATION '{self.path(spec)}'" if self.local else ""
+        comment = spec.comment.replace("'", "\\'")
+        self.spark.sql(
+            f"CREATE OR REPLACE TABLE {self.qualified(spec)} USING DELTA {partition} "
+            f"COMMENT '{comment}' {location} AS SELECT * FROM {view}"
+        )
+        self.spark.catalog.dropTempView(view)
+
+    def _register_existing(self) -> None:
+        for spec in ALL_TABLES:
+            if self.exists(spec):
+                self.spark.sql(
+                    f"CREATE TABLE IF NOT EXISTS {self.qualified(spec)} USING DELTA LOCATION '{self.path(spec)}'"
+                )

