@@ -19,7 +19,10 @@ USER_ERRORS = (ConfigError, InputSchemaError, SetupError, FileNotFoundError)
 
 def setup_logging() -> None:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
@@ -36,7 +39,9 @@ def run_job(
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default="conf/local.yaml", help="YAML config (default: conf/local.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     parser.add_argument("--run-id", default=None, help="lineage run id (default: generated)")
     args = parser.parse_args(argv)
     setup_logging()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -96,7 +96,9 @@ def _timestamp(df: DataFrame, unit: str) -> Column:
         return F.timestamp_micros((seconds * 1_000_000).cast("long"))
     if isinstance(dtype, T.StringType):
         return F.to_timestamp(col)
-    raise InputSchemaError(f"column 'event_ts' has type {dtype.simpleString()}; expected timestamp, number or string")
+    raise InputSchemaError(
+        f"column 'event_ts' has type {dtype.simpleString()}; expected timestamp, number or string"
+    )
 
 
 def _watch_seconds(df: DataFrame) -> Column:
@@ -116,7 +118,7 @@ def validate_events(df: DataFrame, ev: EventsConfig) -> DataFrame:
         F.col("event_ts").isNotNull().alias("_ts_given"),
         F.col("watch_seconds").isNotNull().alias("_ws_given"),
     )
-    lo, hi = (F.lit(t if t.tzinfo else t.replace(tzinfo=timezone.utc)) for t in (ev.min_event_ts, ev.max_event_ts))
+    lo, hi = (F.lit(t if t.tzinfo else t.replace(tzinfo=UTC)) for t in (ev.min_event_ts, ev.max_event_ts))
     ws = F.col("watch_seconds")
     rules = [
         (F.col("user_id").isNull(), "null_user_id"),
@@ -136,7 +138,9 @@ def validate_events(df: DataFrame, ev: EventsConfig) -> DataFrame:
     return typed.select(*EVENT_COLUMNS, reason.alias("reason"))
 
 
-def ingest_events(spark: SparkSession, cfg: AppConfig, source: DataFrame, run_id: str | None = None) -> IngestReport:
+def ingest_events(
+    spark: SparkSession, cfg: AppConfig, source: DataFrame, run_id: str | None = None
+) -> IngestReport:
     """Validate `source` (canonical column names) and replace `watch_events` and its quarantine."""
     start = time.time()
     checked = validate_events(source, cfg.events)  # raises before any write
@@ -153,7 +157,10 @@ def ingest_events(spark: SparkSession, cfg: AppConfig, source: DataFrame, run_id
     store.write(WATCH_EVENTS_QUARANTINE, checked.where(F.col("reason").isNotNull()), lineage)
     input_rows = source.count()
     written = store.read(WATCH_EVENTS).count()
-    quarantined = {r["reason"]: r["count"] for r in store.read(WATCH_EVENTS_QUARANTINE).groupBy("reason").count().collect()}
+    quarantined = {
+        r["reason"]: r["count"]
+        for r in store.read(WATCH_EVENTS_QUARANTINE).groupBy("reason").count().collect()
+    }
     report = IngestReport(
         input_rows=input_rows,
         quarantined=quarantined,

@@ -33,13 +33,15 @@ log = logging.getLogger(__name__)
 class GraphReport:
     events: int
     history_rows: int
+    pairs: int
     edges: int
     videos_with_neighbors: int
     seconds: float
 
     def summary(self) -> str:
         return (
-            f"{self.events:,} events -> {self.history_rows:,} kept (user, video) -> {self.edges:,} edge rows "
+            f"{self.events:,} events -> {self.history_rows:,} kept (user, video) -> {self.pairs:,} co-watched "
+            f"pairs -> {self.edges:,} edge rows "
             f"for {self.videos_with_neighbors:,} videos in {self.seconds:.1f}s "
             f"({self.events / max(self.seconds, 1e-9):,.0f} events/s)"
         )
@@ -74,7 +76,9 @@ def top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> Da
     both = strong.select(
         F.col("video_a").alias("video_id"), F.col("video_b").alias("neighbor_id"), "cowatch_users"
     ).unionByName(
-        strong.select(F.col("video_b").alias("video_id"), F.col("video_a").alias("neighbor_id"), "cowatch_users")
+        strong.select(
+            F.col("video_b").alias("video_id"), F.col("video_a").alias("neighbor_id"), "cowatch_users"
+        )
     )
     vu = users.select(F.col("video_id"), F.col("history_users").alias("video_users"))
     nu = users.select(F.col("video_id").alias("neighbor_id"), F.col("history_users").alias("neighbor_users"))
@@ -117,21 +121,28 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
 
     history = kept_history(events, cfg.graph.max_history).persist()
     users = history.groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
-    edges = top_neighbors(cowatch_counts(history, cfg.graph.cowatch_window_hours), users, cfg.graph)
-    store.write(COWATCH_EDGES, edges, lineage)
+    pairs = cowatch_counts(history, cfg.graph.cowatch_window_hours).persist()
+    store.write(COWATCH_EDGES, top_neighbors(pairs, users, cfg.graph), lineage)
+    pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)
     store.write(VIDEO_STATS, video_stats(events, users, written_edges), lineage)
 
-    stats = store.read(VIDEO_STATS).agg(
-        F.sum("events").alias("events"),
-        F.sum("history_users").alias("history_rows"),
-        F.sum("neighbors").alias("edges"),
-        F.sum((F.col("neighbors") > 0).cast("long")).alias("with_neighbors"),
-    ).first()
+    stats = (
+        store.read(VIDEO_STATS)
+        .agg(
+            F.sum("events").alias("events"),
+            F.sum("history_users").alias("history_rows"),
+            F.sum("neighbors").alias("edges"),
+            F.sum((F.col("neighbors") > 0).cast("long")).alias("with_neighbors"),
+        )
+        .first()
+    )
     history.unpersist()
+    pairs.unpersist()
     report = GraphReport(
         events=stats["events"] or 0,
         history_rows=stats["history_rows"] or 0,
+        pairs=pair_count,
         edges=stats["edges"] or 0,
         videos_with_neighbors=stats["with_neighbors"] or 0,
         seconds=time.time() - start,

@@ -28,7 +28,9 @@ class SetupError(RuntimeError):
 def delta_jars(cache_dir: str) -> list[str]:
     jars = sorted(glob.glob(os.path.join(cache_dir, "jars", "delta-*.jar")))
     if not jars:
-        raise SetupError(f"no Delta jars in {cache_dir}/jars: run scripts/setup.sh (or set storage.cache_dir)")
+        raise SetupError(
+            f"no Delta jars in {cache_dir}/jars: run scripts/setup.sh (or set storage.cache_dir)"
+        )
     return jars
 
 

@@ -1,5 +1,6 @@
-"""Write the venv's `pyspark/conf/spark-defaults.conf` so its spark-submit runs our jobs with
-Delta and the venv's Python. Called by scripts/setup.sh: `python -m cdml_spark.spark_defaults JARS_DIR`."""
+"""Write the venv's `pyspark/conf/spark-defaults.conf` (so its spark-submit runs our jobs with Delta
+and the venv's Python) and a `log4j2.properties` that keeps Spark's console at WARN.
+Called by scripts/setup.sh: `python -m cdml_spark.spark_defaults JARS_DIR`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ from pathlib import Path
 import pyspark
 
 from cdml_spark.spark import DELTA_CONF
+
+LOG4J = """rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+"""
 
 
 def write_spark_defaults(jars_dir: str) -> Path:
@@ -23,9 +35,12 @@ def write_spark_defaults(jars_dir: str) -> Path:
         "spark.ui.showConsoleProgress": "false",
         **DELTA_CONF,
     }
-    target = Path(pyspark.__file__).parent / "conf" / "spark-defaults.conf"
-    target.parent.mkdir(exist_ok=True)
-    target.write_text("# written by cdml-spark scripts/setup.sh\n" + "".join(f"{k} {v}\n" for k, v in settings.items()))
+    conf_dir = Path(pyspark.__file__).parent / "conf"
+    conf_dir.mkdir(exist_ok=True)
+    header = "# written by cdml-spark scripts/setup.sh\n"
+    (conf_dir / "log4j2.properties").write_text(header + LOG4J)
+    target = conf_dir / "spark-defaults.conf"
+    target.write_text(header + "".join(f"{k} {v}\n" for k, v in settings.items()))
     return target
 
 

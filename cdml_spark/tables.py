@@ -2,8 +2,9 @@
 
 Locally (`storage.tables_root` set) each table is a Delta folder `<tables_root>/<name>` registered
 in the session catalog as `<database>.<name>`; on Unity Catalog (`tables_root: null`) it is the
-managed table `<catalog>.<schema>.<name>`. Every write is one atomic `CREATE OR REPLACE TABLE ... AS
-SELECT` commit: a failed job leaves the previous version readable, a rerun replaces (never appends).
+managed table `<catalog>.<schema>.<name>`. A table is created once (empty, with its comment) and every write
+is one atomic overwrite commit: a failed job leaves the previous version readable, a rerun replaces
+(never appends), and the table id stays stable for streaming and change-feed readers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -114,7 +115,7 @@ class Lineage:
     @classmethod
     def new(cls, job: str, params: dict, run_id: str | None = None) -> Lineage:
         digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         return cls(run_id or f"{job}-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}", digest, now)
 
     def columns(self) -> list[Column]:
@@ -149,16 +150,21 @@ class TableStore:
 
     def read(self, spec: TableSpec) -> DataFrame:
         if not self.exists(spec):
-            raise FileNotFoundError(f"table {self.qualified(spec)} does not exist yet ({self.path(spec) or ''}): "
-                                    "run the job that builds it first")
+            raise FileNotFoundError(
+                f"table {self.qualified(spec)} does not exist yet ({self.path(spec) or ''}): "
+                "run the job that builds it first"
+            )
         if self.local:  # by path: the session catalog may hold another tables_root's registration
             return self.spark.read.format("delta").load(self.path(spec))
         return self.spark.table(self.qualified(spec))
 
     def version(self, spec: TableSpec) -> int:
         """Current Delta version of the table (input identity for lineage)."""
-        table = DeltaTable.forPath(self.spark, self.path(spec)) if self.local else (
-            DeltaTable.forName(self.spark, self.qualified(spec)))
+        table = (
+            DeltaTable.forPath(self.spark, self.path(spec))
+            if self.local
+            else (DeltaTable.forName(self.spark, self.qualified(spec)))
+        )
         return table.history(1).first()["version"]
 
     def write(self, spec: TableSpec, df: DataFrame, lineage: Lineage) -> None:
@@ -168,17 +174,32 @@ class TableStore:
         if missing:
             raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
         cols = [*[F.col(f.name).cast(f.dataType) for f in spec.fields], *lineage.columns()]
-        out = df.select(*[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields)])
-        view = f"_cdml_write_{spec.name}_{uuid.uuid4().hex[:8]}"
-        out.createOrReplaceTempView(view)
-        partition = f"PARTITIONED BY ({', '.join(spec.partition_by)})" if spec.partition_by else ""
-        location = f"LOCATION '{self.path(spec)}'" if self.local else ""
-        comment = spec.comment.replace("'", "\\'")
-        self.spark.sql(
-            f"CREATE OR REPLACE TABLE {self.qualified(spec)} USING DELTA {partition} "
-            f"COMMENT '{comment}' {location} AS SELECT * FROM {view}"
+        out = df.select(
+            *[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields, strict=False)]
         )
-        self.spark.catalog.dropTempView(view)
+        self._create_or_migrate(spec)
+        writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+        if spec.partition_by:  # bin-pack per partition value instead of one file per task x value
+            writer = writer.option("optimizeWrite", "true")
+        if self.local:
+            writer.save(self.path(spec))
+        else:
+            writer.saveAsTable(self.qualified(spec))
+
+    def _create_or_migrate(self, spec: TableSpec) -> None:
+        """Create the empty table (schema with NOT NULLs and comments, table comment) if missing, or
+        replace it if an older code version left another schema; data then arrives by overwrite."""
+        builder = DeltaTable.createIfNotExists(self.spark)
+        if self.exists(spec):
+            current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
+            if current == [(f.name, f.dataType, f.nullable) for f in spec.schema]:
+                return
+            log.warning("%s: schema changed since the last write; replacing the table", self.qualified(spec))
+            builder = DeltaTable.createOrReplace(self.spark)
+        builder = builder.tableName(self.qualified(spec))
+        if self.local:
+            builder = builder.location(self.path(spec))
+        builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment).execute()
 
     def _register_existing(self) -> None:
         for spec in ALL_TABLES:

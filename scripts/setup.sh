@@ -10,8 +10,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 mkdir -p "$CACHE"
 log() { echo "[setup] $*"; }
 
-# 1. venv keyed by the lock file's hash, so a changed pin builds a new one.
-req_hash=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+# 1. venv keyed by the hash of requirements.txt, so a changed pin builds a new one.
+req_hash=$(sha256sum requirements.txt | cut -c1-12)
 VENV="$CACHE/venv-$req_hash"
 if [ ! -f "$VENV/.complete" ]; then
   log "creating venv $VENV (python: $($PYTHON --version))"

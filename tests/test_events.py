@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pyspark.sql import functions as F
@@ -11,8 +11,8 @@ from cdml_spark.events import InputSchemaError, ingest_events, read_events_sourc
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, TableStore
 
 SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
-TS = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
-OLD = datetime(1980, 1, 1, tzinfo=timezone.utc)
+TS = datetime(2026, 3, 1, 12, tzinfo=UTC)
+OLD = datetime(1980, 1, 1, tzinfo=UTC)
 
 ROWS = [
     ("u1", "v1", TS, 10.0),  # valid
@@ -51,7 +51,9 @@ def test_quarantine_reasons_and_counts(spark, cfg_factory):
     store = TableStore(spark, cfg.storage)
     events = store.read(WATCH_EVENTS)
     assert sorted((r.user_id, r.watch_seconds) for r in events.collect()) == [
-        ("u1", 10.0), ("u1", 11.0), ("u2", None)
+        ("u1", 10.0),
+        ("u1", 11.0),
+        ("u2", None),
     ]
     assert events.select("event_date").distinct().first()[0].isoformat() == "2026-03-01"
     assert store.read(WATCH_EVENTS_QUARANTINE).where(F.col("run_id") == events.first().run_id).count() == 10
@@ -77,15 +79,24 @@ def test_string_and_numeric_inputs_are_parsed(spark, cfg_factory):
     assert report.quarantined == {"invalid_watch_seconds": 1}
     row = TableStore(spark, cfg.storage).read(WATCH_EVENTS).first()
     assert (row.user_id, row.video_id, row.watch_seconds) == ("7", "42", 12.5)
-    assert row.event_ts.replace(tzinfo=timezone.utc) == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert row.event_ts.replace(tzinfo=UTC) == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
     ("schema", "message"),
     [
-        ("user_id string, video_id string, event_ts boolean, watch_seconds double", "'event_ts' has type boolean"),
-        ("user_id double, video_id string, event_ts timestamp, watch_seconds double", "'user_id' has type double"),
-        ("user_id string, video_id string, event_ts timestamp, watch_seconds date", "'watch_seconds' has type date"),
+        (
+            "user_id string, video_id string, event_ts boolean, watch_seconds double",
+            "'event_ts' has type boolean",
+        ),
+        (
+            "user_id double, video_id string, event_ts timestamp, watch_seconds double",
+            "'user_id' has type double",
+        ),
+        (
+            "user_id string, video_id string, event_ts timestamp, watch_seconds date",
+            "'watch_seconds' has type date",
+        ),
     ],
 )
 def test_wrong_type_fails_before_writing(spark, cfg_factory, schema, message):
@@ -99,12 +110,16 @@ def test_path_source_with_column_mapping(spark, cfg_factory, tmp_path):
     src = tmp_path / "log.csv"
     src.write_text("viewer,item,when,secs\na,x,2026-02-01 10:00:00,30\nb,x,2026-02-01 11:00:00,-1\n")
     mapping = "{user_id: viewer, video_id: item, event_ts: when, watch_seconds: secs}"
-    cfg = cfg_factory("events.source=path", f"events.path={src}", "events.format=csv", f"events.columns={mapping}")
+    cfg = cfg_factory(
+        "events.source=path", f"events.path={src}", "events.format=csv", f"events.columns={mapping}"
+    )
     report = run_ingest(spark, cfg)
     assert (report.written, report.quarantined) == (1, {"negative_watch_seconds": 1})
 
     missing = cfg_factory(
-        "events.source=path", f"events.path={src}", "events.format=csv",
+        "events.source=path",
+        f"events.path={src}",
+        "events.format=csv",
         "events.columns={user_id: viewer, video_id: video, event_ts: when, watch_seconds: null}",
     )
     with pytest.raises(InputSchemaError, match=r"'video' \(events.columns.video_id\) not found"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
@@ -13,7 +13,7 @@ from cdml_spark.graph import build_graph
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, TableStore
 from tests.reference import brute_force_edges
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def random_events(seed: int, users: int, videos: int, events: int, span_hours: float):
@@ -30,7 +30,9 @@ def random_events(seed: int, users: int, videos: int, events: int, span_hours: f
 
 def load_events(spark, cfg, events):
     rows = [(u, v, ts, 60.0) for u, v, ts in events]
-    df = spark.createDataFrame(rows, "user_id string, video_id string, event_ts timestamp, watch_seconds double")
+    df = spark.createDataFrame(
+        rows, "user_id string, video_id string, event_ts timestamp, watch_seconds double"
+    )
     ingest_events(spark, cfg, df)
 
 
@@ -72,17 +74,20 @@ def test_rerun_is_idempotent_and_stats_consistent(spark, cfg_factory):
     data_cols = [f.name for f in COWATCH_EDGES.fields]
 
     build_graph(spark, cfg)
+    version = store.version(COWATCH_EDGES)
     first = sorted(store.read(COWATCH_EDGES).select(*data_cols).collect())
     first_stats = sorted(store.read(VIDEO_STATS).drop("run_id", "built_at").collect())
     build_graph(spark, cfg)
     second = sorted(store.read(COWATCH_EDGES).select(*data_cols).collect())
     assert first == second  # same rows, no duplicates
     assert first_stats == sorted(store.read(VIDEO_STATS).drop("run_id", "built_at").collect())
-    assert store.version(COWATCH_EDGES) == 1  # two replacing commits, not appends
+    assert store.version(COWATCH_EDGES) == version + 1  # one replacing commit, not an append
 
     stats = store.read(VIDEO_STATS)
     per_video = store.read(COWATCH_EDGES).groupBy("video_id").count()
-    mismatched = stats.join(per_video, "video_id", "left").where(F.coalesce("count", F.lit(0)) != F.col("neighbors"))
+    mismatched = stats.join(per_video, "video_id", "left").where(
+        F.coalesce("count", F.lit(0)) != F.col("neighbors")
+    )
     assert mismatched.count() == 0
 
 
@@ -94,6 +99,8 @@ def test_tables_readable_without_spark(spark, cfg_factory):
     store = TableStore(spark, cfg.storage)
     edges = deltalake.DeltaTable(store.path(COWATCH_EDGES)).to_pandas()
     assert len(edges) == report.edges > 0
-    assert {"video_id", "neighbor_id", "rank", "score", "run_id", "params_hash", "built_at"} <= set(edges.columns)
+    assert {"video_id", "neighbor_id", "rank", "score", "run_id", "params_hash", "built_at"} <= set(
+        edges.columns
+    )
     stats = deltalake.DeltaTable(store.path(VIDEO_STATS))
     assert stats.metadata().description.startswith("Per-video")
