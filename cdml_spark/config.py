@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
 class SparkConfig(_Strict):
@@ -83,11 +83,70 @@ class GraphConfig(_Strict):
     max_neighbors: int = Field(ge=1, description="Top-N neighbours kept per video")
 
 
+class Modality(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Column name in video_features")
+    dim: int = Field(ge=1, description="Vector length stored in video_features")
+
+
+class FramesConfig(_Strict):
+    path: str | None = Field(
+        default=None, description="Frame-level input: video_id, frame_index, modality, vector"
+    )
+    format: Literal["parquet", "delta"] = "parquet"
+    quantized: bool = Field(default=False, description="8-bit YouTube-8M style vectors (0..255)")
+    quantized_min: float = -2.0
+    quantized_max: float = 2.0
+    whiten: bool = False
+    sample_fraction: float = Field(default=1.0, gt=0, le=1, description="Frames used to fit PCA")
+    model_dir: str = Field(description="Where the fitted PCA is saved and reused from")
+    refit: bool = Field(default=False, description="Fit a new PCA even if model_dir holds one")
+
+
+class SyntheticFeaturesConfig(_Strict):
+    noise: float = Field(default=1.0, ge=0, description="Per-video noise std around its topic centre")
+    seed: int = 11
+
+
+class FeaturesConfig(_Strict):
+    source: Literal["movielens", "synthetic", "frames", "path"]
+    version: str = Field(description="feature_version written with every row")
+    modalities: list[Modality] = Field(min_length=1)
+    l2_normalize: bool = True
+    path: str | None = Field(default=None, description="Video-level vectors for source=path")
+    format: Literal["parquet", "delta"] = "parquet"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="video_id / modality name -> input column (default: same name)"
+    )
+    text_batch_size: int = Field(default=256, ge=1)
+    frames: FramesConfig
+    synthetic: SyntheticFeaturesConfig = SyntheticFeaturesConfig()
+
+
+class TripletsConfig(_Strict):
+    weight: Literal["score", "cowatch_users"] = Field(
+        default="score", description="Edge weight for positives"
+    )
+    positives_per_anchor: int = Field(ge=1, description="Cap on positives sampled per anchor")
+    negatives_per_positive: int = Field(default=1, ge=1)
+    negative_sampling: Literal["uniform", "popularity"] = "popularity"
+    popularity_beta: float = Field(default=0.75, ge=0, description="Negative ~ users^beta")
+    split_salt: str = "cdml-split-v1"
+    validation_fraction: float = Field(ge=0, lt=1)
+    cold_fraction: float = Field(ge=0, lt=1)
+    holdout_path: str | None = Field(
+        default=None, description="Video ids (text, one per line) forced to cold_test"
+    )
+    materialize_features: bool = Field(default=True, description="Store the three feature vectors per row")
+    seed: int = 0
+
+
 class AppConfig(_Strict):
     spark: SparkConfig
     storage: StorageConfig
     events: EventsConfig
     graph: GraphConfig
+    features: FeaturesConfig
+    triplets: TripletsConfig
 
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

@@ -9,7 +9,14 @@ from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
 from cdml_spark.datasets import MOVIELENS, movielens_items
-from cdml_spark.tables import ALL_TABLES, COWATCH_EDGES, VIDEO_STATS, WATCH_EVENTS_QUARANTINE, TableStore
+from cdml_spark.tables import (
+    ALL_TABLE_NAMES,
+    COWATCH_EDGES,
+    VIDEO_STATS,
+    WATCH_EVENTS_QUARANTINE,
+    TableSpec,
+    TableStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ def summary(
     """Print (and return) the summary of the tables that exist."""
     store = TableStore(spark, cfg.storage)
     lines = ["tables:"]
-    for spec in ALL_TABLES:
+    for spec in map(TableSpec, ALL_TABLE_NAMES):
         if store.exists(spec):
             lines.append(
                 f"  {store.qualified(spec):<32} {store.read(spec).count():>12,} rows  (v{store.version(spec)})"

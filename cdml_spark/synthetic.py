@@ -10,6 +10,9 @@ Model (so that content generated from the same topics can later predict co-watch
   each watch in it stays on that topic with probability `topic_focus` (else a uniform topic);
   sessions start uniformly over `days`, watches in a session are ~10 minutes apart.
 
+`synthetic_features` gives every video (the cold tail included) per-modality vectors around its
+topic's centre, so content predicts co-watch up to the configured noise.
+
 Each of `partitions` tasks generates a contiguous block of users with its own seeded RNG and
 streams Arrow batches; nothing is collected to the driver. Same seed and partitions → same events.
 """
@@ -22,7 +25,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from cdml_spark.config import SyntheticConfig
+from cdml_spark.config import AppConfig, SyntheticConfig
 
 EVENT_SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
 _BATCH_USERS = 20_000
@@ -93,3 +96,31 @@ def generate_events(spark: SparkSession, cfg: SyntheticConfig) -> DataFrame:
 
     blocks = spark.range(0, cfg.partitions, numPartitions=cfg.partitions)
     return blocks.mapInPandas(generate, EVENT_SCHEMA)
+
+
+def synthetic_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
+    """One row per synthetic video `v<i>`: per modality, its topic centre (N(0,1), fixed by seed and
+    modality) plus N(0, noise²) per video. Noise 0 = content determines topic exactly."""
+    syn, feat = cfg.events.synthetic, cfg.features
+    k = syn.num_topics
+    centres = {
+        m.name: np.random.default_rng([feat.synthetic.seed, i]).standard_normal((k, m.dim))
+        for i, m in enumerate(feat.modalities)
+    }
+
+    def generate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            ids = batch["id"].to_numpy()
+            if len(ids) == 0:
+                continue
+            rng = np.random.default_rng([feat.synthetic.seed, int(ids[0]), len(ids)])
+            out = {"video_id": "v" + pd.Series(ids).astype(str)}
+            for m in feat.modalities:
+                vectors = centres[m.name][ids % k] + feat.synthetic.noise * rng.standard_normal(
+                    (len(ids), m.dim)
+                )
+                out[m.name] = list(vectors.astype(np.float32))
+            yield pd.DataFrame(out)
+
+    schema = "video_id string, " + ", ".join(f"{m.name} array<float>" for m in feat.modalities)
+    return spark.range(0, syn.num_videos, numPartitions=syn.partitions).mapInPandas(generate, schema)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,7 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cdml_spark.config import StorageConfig
+from cdml_spark.config import Modality, StorageConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ LINEAGE_FIELDS = [
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    comment: str
-    fields: tuple[T.StructField, ...]
+    comment: str = ""
+    fields: tuple[T.StructField, ...] = ()
     partition_by: tuple[str, ...] = ()
 
     @property
@@ -103,7 +104,76 @@ VIDEO_STATS = TableSpec(
     ),
 )
 
-ALL_TABLES = (WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, COWATCH_EDGES, VIDEO_STATS)
+VIDEO_FEATURES_QUARANTINE = TableSpec(
+    "video_features_quarantine",
+    "Feature rows (or frames) rejected by validation, with the reason and the modality at fault.",
+    (
+        _field("video_id", T.StringType(), "Video id as read (may be null)"),
+        _field("reason", T.StringType(), "missing_video_id, missing_vector, wrong_dimension, ...", False),
+        _field("modality", T.StringType(), "Modality whose vector failed (null for id problems)"),
+    ),
+)
+
+VIDEO_SPLITS = TableSpec(
+    "video_splits",
+    "Train / validation / cold_test split of every video with features (hash of id + salt, holdout file).",
+    (
+        _field("video_id", T.StringType(), "The video", False),
+        _field("split", T.StringType(), "train, validation or cold_test", False),
+        _field("users", T.LongType(), "Distinct users who watched it (0 = never watched)", False),
+    ),
+)
+
+_FEATURE_DOC = "Content vector for modality"
+
+
+def video_features_spec(modalities: Iterable[Modality]) -> TableSpec:
+    """`video_features`: one array<float> column per configured modality."""
+    return TableSpec(
+        "video_features",
+        "Video-level content features, one vector column per modality.",
+        (
+            _field("video_id", T.StringType(), "The video", False),
+            *[
+                _field(m.name, T.ArrayType(T.FloatType()), f"{_FEATURE_DOC} {m.name} ({m.dim}-d)", False)
+                for m in modalities
+            ],
+            _field("feature_version", T.StringType(), "features.version of the run that computed it", False),
+        ),
+    )
+
+
+def triplets_spec(modalities: Iterable[Modality], materialize: bool) -> TableSpec:
+    """`triplets`: ids, split, and (materialised form) the three feature vectors per modality."""
+    vectors = [
+        _field(f"{role}_{m.name}", T.ArrayType(T.FloatType()), f"{role}'s {m.name} vector ({m.dim}-d)", False)
+        for role in ("anchor", "positive", "negative")
+        for m in modalities
+    ]
+    return TableSpec(
+        "triplets",
+        "Training triplets (anchor, co-watched positive, non-neighbour negative) for CDML.",
+        (
+            _field("anchor_id", T.StringType(), "Anchor video", False),
+            _field("positive_id", T.StringType(), "A co-watch neighbour of the anchor", False),
+            _field("negative_id", T.StringType(), "A sampled video that is not a co-watch neighbour", False),
+            _field("split", T.StringType(), "train or validation (the anchor's split)", False),
+            _field("edge_weight", T.DoubleType(), "Weight of the (anchor, positive) edge", False),
+            *(vectors if materialize else []),
+        ),
+    )
+
+
+ALL_TABLE_NAMES = (
+    "watch_events",
+    "watch_events_quarantine",
+    "cowatch_edges",
+    "video_stats",
+    "video_features",
+    "video_features_quarantine",
+    "video_splits",
+    "triplets",
+)
 
 
 @dataclass(frozen=True)
@@ -202,8 +272,9 @@ class TableStore:
         builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment).execute()
 
     def _register_existing(self) -> None:
-        for spec in ALL_TABLES:
-            if self.exists(spec):
+        for name in ALL_TABLE_NAMES:
+            path = os.path.abspath(os.path.join(self.storage.tables_root, name))
+            if os.path.isdir(os.path.join(path, "_delta_log")):
                 self.spark.sql(
-                    f"CREATE TABLE IF NOT EXISTS {self.qualified(spec)} USING DELTA LOCATION '{self.path(spec)}'"
+                    f"CREATE TABLE IF NOT EXISTS {self.storage.database}.{name} USING DELTA LOCATION '{path}'"
                 )

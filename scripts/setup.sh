@@ -10,15 +10,16 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 mkdir -p "$CACHE"
 log() { echo "[setup] $*"; }
 
-# 1. venv keyed by the hash of requirements.txt, so a changed pin builds a new one.
-req_hash=$(sha256sum requirements.txt | cut -c1-12)
+# 1. venv keyed by the hash of requirements.lock (the full freeze of requirements.txt), so a changed
+#    pin builds a new one.
+req_hash=$(sha256sum requirements.lock | cut -c1-12)
 VENV="$CACHE/venv-$req_hash"
 if [ ! -f "$VENV/.complete" ]; then
   log "creating venv $VENV (python: $($PYTHON --version))"
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -r requirements.txt
+  "$VENV/bin/pip" install -q pip==24.2
+  "$VENV/bin/pip" install -q -r requirements.lock
   touch "$VENV/.complete"
 else
   log "venv up to date: $VENV"

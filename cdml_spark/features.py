@@ -1,0 +1,147 @@
+"""Video-level content features: any source → validation → `video_features` (+ quarantine).
+
+Sources (config `features.source`):
+- `movielens`: text = all-MiniLM-L6-v2 embedding of "title (year) genres"; meta = genre multi-hot
+  plus (ML-100K) hashed knowledge-graph relations (see `movielens_features`);
+- `synthetic`: vectors around each synthetic video's topic centre (content predicts co-watch);
+- `frames`: frame-level vectors → PCA → mean-pool per video (`cdml_spark.frames`);
+- `path`: a parquet/Delta table of video_id + one array column per modality.
+All of them pass `validate_features`: a null/short id, a missing, wrong-length or non-finite vector
+sends the row to `video_features_quarantine` with the reason; duplicate ids keep one row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cdml_spark.config import AppConfig, FeaturesConfig
+from cdml_spark.events import InputSchemaError
+from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, Lineage, TableStore, video_features_spec
+
+log = logging.getLogger(__name__)
+
+
+def _vector_problem(col: Column, dim: int) -> Column:
+    non_finite = F.exists(col, lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
+    return (
+        F.when(col.isNull(), "missing_vector")
+        .when(F.size(col) != dim, "wrong_dimension")
+        .when(non_finite, "non_finite_values")
+    )
+
+
+def l2_normalize(col: Column) -> Column:
+    norm = F.sqrt(F.aggregate(col, F.lit(0.0), lambda acc, x: acc + x * x))
+    return F.when(norm > 0, F.transform(col, lambda x: x / norm)).otherwise(col)
+
+
+def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
+    """(valid rows: video_id + one array<float> per modality, quarantine rows with reasons)."""
+    names = [m.name for m in cfg.modalities]
+    for name in ["video_id", *names]:
+        if name not in df.columns:
+            raise InputSchemaError(f"features input lacks column {name!r}; has {df.columns}")
+    for m in cfg.modalities:
+        dtype = df.schema[m.name].dataType
+        if not (isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.NumericType)):
+            raise InputSchemaError(
+                f"feature column {m.name!r} has type {dtype.simpleString()}; expected array<float>"
+            )
+    typed = df.select(
+        F.col("video_id").cast("string").alias("video_id"),
+        *[F.col(n).cast("array<double>").alias(n) for n in names],
+    )
+    id_problem = F.when(F.col("video_id").isNull() | (F.trim("video_id") == ""), F.lit("missing_video_id"))
+    vector_problems = [(m.name, _vector_problem(F.col(m.name), m.dim)) for m in cfg.modalities]
+    bad_modality = F.coalesce(*[F.when(p.isNotNull(), F.lit(n)) for n, p in vector_problems])
+    first = Window.partitionBy("video_id").orderBy(F.xxhash64(*names))
+    checked = typed.select(
+        "*",
+        F.coalesce(
+            id_problem,
+            *[p for _, p in vector_problems],
+            F.when(F.row_number().over(first) > 1, F.lit("duplicate_video_id")),
+        ).alias("reason"),
+        F.when(id_problem.isNull(), bad_modality).alias("modality"),
+    )
+    valid = checked.where(F.col("reason").isNull()).select("video_id", *names)
+    if cfg.l2_normalize:
+        valid = valid.select("video_id", *[l2_normalize(F.col(n)).alias(n) for n in names])
+    valid = valid.select("video_id", *[F.col(n).cast("array<float>").alias(n) for n in names])
+    quarantine = checked.where(F.col("reason").isNotNull()).select("video_id", "reason", "modality")
+    return valid, quarantine
+
+
+def write_features(
+    spark: SparkSession,
+    cfg: AppConfig,
+    source: DataFrame,
+    run_id: str | None = None,
+    upstream_quarantine: DataFrame | None = None,
+) -> dict:
+    """Validate `source` and replace `video_features` and its quarantine; returns counts."""
+    start = time.time()
+    valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
+    if upstream_quarantine is not None:
+        quarantine = quarantine.unionByName(upstream_quarantine)
+    store = TableStore(spark, cfg.storage)
+    lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)
+    spec = video_features_spec(cfg.features.modalities)
+    store.write(spec, valid.withColumn("feature_version", F.lit(cfg.features.version)), lineage)
+    store.write(VIDEO_FEATURES_QUARANTINE, quarantine, lineage)
+    written = store.read(spec).count()
+    reasons = {
+        r["reason"]: r["count"]
+        for r in store.read(VIDEO_FEATURES_QUARANTINE).groupBy("reason").count().collect()
+    }
+    seconds = time.time() - start
+    log.info(
+        "features: %s videos written (%s), quarantined %s %s in %.1fs (%.0f videos/s)",
+        f"{written:,}",
+        ", ".join(f"{m.name}[{m.dim}]" for m in cfg.features.modalities),
+        f"{sum(reasons.values()):,}",
+        reasons or "",
+        seconds,
+        written / max(seconds, 1e-9),
+    )
+    return {"written": written, "quarantined": reasons, "seconds": seconds}
+
+
+def read_features_path(spark: SparkSession, cfg: FeaturesConfig) -> DataFrame:
+    """A user's video-level vectors, columns renamed per `features.columns`."""
+    if not cfg.path:
+        raise InputSchemaError("features.source is 'path' but config key 'features.path' is not set")
+    raw = spark.read.format(cfg.format).load(cfg.path)
+    wanted = ["video_id", *[m.name for m in cfg.modalities]]
+    for name in wanted:
+        source = cfg.columns.get(name, name)
+        if source not in raw.columns:
+            raise InputSchemaError(
+                f"input column {source!r} (features.columns.{name}) not found; input has {raw.columns}"
+            )
+    return raw.select(*[F.col(f"`{cfg.columns.get(n, n)}`").alias(n) for n in wanted])
+
+
+def ingest_features(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:
+    """Job entry: compute or read the configured features source into `video_features`."""
+    source = cfg.features.source
+    log.info("features: source=%s version=%s", source, cfg.features.version)
+    if source == "movielens":
+        from cdml_spark.movielens_features import movielens_features
+
+        return write_features(spark, cfg, movielens_features(spark, cfg), run_id)
+    if source == "synthetic":
+        from cdml_spark.synthetic import synthetic_features
+
+        return write_features(spark, cfg, synthetic_features(spark, cfg), run_id)
+    if source == "frames":
+        from cdml_spark.frames import frame_features
+
+        pooled, bad_frames = frame_features(spark, cfg)
+        return write_features(spark, cfg, pooled, run_id, upstream_quarantine=bad_frames)
+    return write_features(spark, cfg, read_features_path(spark, cfg.features), run_id)

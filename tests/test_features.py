@@ -1,0 +1,184 @@
+"""video_features: validation/quarantine, frame PCA + pooling vs numpy, dequantisation, sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from cdml_spark.events import InputSchemaError
+from cdml_spark.features import ingest_features, write_features
+from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, TableStore, video_features_spec
+
+TWO = "features.modalities=[{name: vis, dim: 3}, {name: aud, dim: 2}]"
+
+
+def features_of(spark, cfg) -> dict:
+    rows = TableStore(spark, cfg.storage).read(video_features_spec(cfg.features.modalities)).collect()
+    return {r.video_id: r for r in rows}
+
+
+def test_validation_quarantines_bad_vectors(spark, cfg_factory):
+    cfg = cfg_factory(TWO, "features.source=path")
+    rows = [
+        ("a", [3.0, 4.0, 0.0], [1.0, 0.0]),  # valid; l2-normalised to [.6, .8, 0]
+        ("b", [1.0, 1.0], [1.0, 0.0]),  # vis wrong_dimension
+        ("c", [1.0, float("nan"), 1.0], [1.0, 0.0]),  # vis non_finite_values
+        ("d", [1.0, 1.0, 1.0], None),  # aud missing_vector
+        (None, [1.0, 1.0, 1.0], [1.0, 0.0]),  # missing_video_id
+        ("e", [0.0, 0.0, 2.0], [0.0, float("inf")]),  # aud non_finite_values
+        ("f", [1.0, 0.0, 0.0], [1.0, 0.0]),  # valid
+        ("f", [1.0, 0.0, 0.0], [1.0, 0.0]),  # duplicate_video_id
+    ]
+    df = spark.createDataFrame(rows, "video_id string, vis array<double>, aud array<double>")
+    report = write_features(spark, cfg, df)
+    assert report["written"] == 2
+    assert report["quarantined"] == {
+        "wrong_dimension": 1,
+        "non_finite_values": 2,
+        "missing_vector": 1,
+        "missing_video_id": 1,
+        "duplicate_video_id": 1,
+    }
+    q = TableStore(spark, cfg.storage).read(VIDEO_FEATURES_QUARANTINE)
+    assert {(r.video_id, r.modality) for r in q.where("reason != 'duplicate_video_id'").collect()} == {
+        ("b", "vis"),
+        ("c", "vis"),
+        ("d", "aud"),
+        (None, None),
+        ("e", "aud"),
+    }
+    got = features_of(spark, cfg)
+    assert np.allclose(got["a"].vis, [0.6, 0.8, 0.0]) and got["a"].feature_version == cfg.features.version
+
+
+def test_wrong_feature_type_fails_before_writing(spark, cfg_factory):
+    cfg = cfg_factory(TWO, "features.source=path")
+    df = spark.createDataFrame([("a", "x", [1.0])], "video_id string, vis string, aud array<double>")
+    with pytest.raises(InputSchemaError, match="'vis' has type string"):
+        write_features(spark, cfg, df)
+    assert not TableStore(spark, cfg.storage).exists(video_features_spec(cfg.features.modalities))
+
+
+def numpy_pca_pool(frames: list[tuple[str, np.ndarray]], k: int, whiten: bool) -> dict[str, np.ndarray]:
+    x = np.stack([v for _, v in frames])
+    mean = x.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov(x, rowvar=False))
+    order = np.argsort(eigval)[::-1][:k]
+    proj = (x - mean) @ eigvec[:, order]
+    if whiten:
+        proj = proj / np.sqrt(eigval[order])
+    out: dict[str, list] = {}
+    for (video, _), p in zip(frames, proj, strict=False):
+        out.setdefault(video, []).append(p)
+    return {v: np.mean(ps, axis=0) for v, ps in out.items()}
+
+
+def write_frames(spark, path, frames, modality="vis", quantized=False):
+    cast = "array<int>" if quantized else "array<double>"
+    rows = [
+        (v, i, modality, [int(x) if quantized else float(x) for x in vec])
+        for i, (v, vec) in enumerate(frames)
+    ]
+    spark.createDataFrame(
+        rows, f"video_id string, frame_index int, modality string, vector {cast}"
+    ).write.mode("overwrite").parquet(str(path))
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_frame_pca_and_pooling_equal_numpy(spark, cfg_factory, tmp_path, whiten):
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((3, 6)) * [[3.0], [2.0], [1.0]]
+    frames = [
+        (f"v{i % 12}", rng.standard_normal(3) @ basis + 0.05 * rng.standard_normal(6)) for i in range(96)
+    ]
+    write_frames(spark, tmp_path / "frames", frames)
+    cfg = cfg_factory(
+        "features.modalities=[{name: vis, dim: 3}]",
+        "features.source=frames",
+        "features.l2_normalize=false",
+        f"features.frames.path={tmp_path / 'frames'}",
+        f"features.frames.model_dir={tmp_path / 'pca'}",
+        f"features.frames.whiten={str(whiten).lower()}",
+    )
+    ingest_features(spark, cfg)
+    expected = numpy_pca_pool(frames, 3, whiten)
+    got = features_of(spark, cfg)
+    assert got.keys() == expected.keys()
+    sign = np.sign(np.sum(np.stack([np.array(got[v].vis) * expected[v] for v in expected]), axis=0))
+    for video, vec in expected.items():
+        assert np.allclose(np.array(got[video].vis) * sign, vec, atol=1e-4), video
+
+    # a later batch reuses the saved PCA: same projection for the same frames, even alone
+    write_frames(spark, tmp_path / "frames2", [f for f in frames if f[0] == "v1"])
+    cfg2 = cfg_factory(
+        "features.modalities=[{name: vis, dim: 3}]",
+        "features.source=frames",
+        "features.l2_normalize=false",
+        f"features.frames.path={tmp_path / 'frames2'}",
+        f"features.frames.model_dir={tmp_path / 'pca'}",
+        f"features.frames.whiten={str(whiten).lower()}",
+    )
+    ingest_features(spark, cfg2)
+    assert np.allclose(np.array(features_of(spark, cfg2)["v1"].vis) * sign, expected["v1"], atol=1e-4)
+
+
+def test_quantized_frames_are_dequantized_and_bad_frames_quarantined(spark, cfg_factory, tmp_path):
+    frames = [
+        ("a", [0, 255, 128]),
+        ("a", [255, 0, 128]),
+        ("b", [10, 20, 30]),
+        ("b", [1, 2]),
+        ("c", [5, 5, 250]),
+    ]
+    write_frames(spark, tmp_path / "q", frames, quantized=True)
+    cfg = cfg_factory(
+        "features.modalities=[{name: vis, dim: 3}]",
+        "features.source=frames",
+        "features.l2_normalize=false",
+        f"features.frames.path={tmp_path / 'q'}",
+        f"features.frames.model_dir={tmp_path / 'pca'}",
+        "features.frames.quantized=true",
+    )
+    report = ingest_features(spark, cfg)
+    assert report["quarantined"] == {"frame_wrong_dimension": 1}
+    deq = [(v, np.array(q) * 4 / 255 + 4 / 512 - 2) for v, q in frames if len(q) == 3]
+    expected = numpy_pca_pool(deq, 3, False)
+    got = features_of(spark, cfg)
+    for video, vec in expected.items():
+        assert np.allclose(np.abs(got[video].vis), np.abs(vec), atol=1e-4)
+
+
+def test_synthetic_features_follow_topics(spark, cfg_factory):
+    cfg = cfg_factory(
+        "features.source=synthetic",
+        TWO,
+        "features.synthetic.noise=0.3",
+        "events.synthetic.num_videos=60",
+        "events.synthetic.num_topics=3",
+        "events.synthetic.partitions=2",
+    )
+    ingest_features(spark, cfg)
+    got = features_of(spark, cfg)
+    assert len(got) == 60
+    vis = {v: np.array(r.vis) for v, r in got.items()}
+    same = np.mean([vis["v0"] @ vis[f"v{i}"] for i in range(3, 60, 3)])
+    other = np.mean([vis["v0"] @ vis[f"v{i}"] for i in range(1, 60, 3)])
+    assert same > other + 0.3
+
+
+def test_movielens_100k_features(spark, cfg_factory):
+    cfg = cfg_factory("events.source=movielens-100k", "features.source=movielens")
+    report = ingest_features(spark, cfg)
+    assert report["written"] == 1682 and report["quarantined"] == {}
+    got = features_of(spark, cfg)
+    toy = got["1"]  # Toy Story (1995), Animation Children's Comedy
+    assert len(toy.text) == 384 and len(toy.meta) == 64
+    assert np.isclose(np.linalg.norm(toy.text), 1, atol=1e-5)
+    kg_slots = sum(1 for r in got.values() if np.count_nonzero(np.array(r.meta)[19:]) > 0)
+    assert kg_slots > 1000  # most movies carry shared KG relations (actors, directors, ...)
+    # the text model is real: Star Wars (50) is closer to Return of the Jedi (181) than to Toy Story (1)
+    text = {k: np.array(got[k].text) for k in ("1", "50", "181")}
+    assert text["50"] @ text["181"] > text["50"] @ text["1"]
+    genres = TableStore(spark, cfg.storage).read(video_features_spec(cfg.features.modalities))
+    assert genres.where(F.size("meta") != 64).count() == 0
