@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from pyspark import Broadcast
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -111,6 +112,18 @@ def _candidate_table(candidates: DataFrame, cfg: TripletsConfig) -> tuple[np.nda
     return pdf["video_id"].to_numpy(dtype=object), cdf / cdf[-1]
 
 
+def _inverse_cdf_sampler(table: Broadcast):
+    """pandas UDF: uniform u in [0, 1) → the candidate id whose cumulative-weight slot holds u."""
+
+    @F.pandas_udf("string")
+    def draw(u: pd.Series) -> pd.Series:
+        ids, cdf = table.value
+        idx = np.minimum(np.searchsorted(cdf, u.to_numpy(), side="right"), len(ids) - 1)
+        return pd.Series(ids[idx])
+
+    return draw
+
+
 def sample_negatives(
     spark: SparkSession, positives: DataFrame, splits: DataFrame, edges: DataFrame, cfg: TripletsConfig
 ) -> DataFrame:
@@ -120,14 +133,7 @@ def sample_negatives(
         ids, cdf = _candidate_table(splits.where(F.col("split").isin(allowed)), cfg)
         if len(ids) == 0:
             continue
-        table = spark.sparkContext.broadcast((ids, cdf))
-
-        @F.pandas_udf("string")
-        def draw(u: pd.Series) -> pd.Series:
-            ids_, cdf_ = table.value
-            idx = np.minimum(np.searchsorted(cdf_, u.to_numpy(), side="right"), len(ids_) - 1)
-            return pd.Series(ids_[idx])
-
+        draw = _inverse_cdf_sampler(spark.sparkContext.broadcast((ids, cdf)))
         draws = F.explode(F.sequence(F.lit(0), F.lit(cfg.negatives_per_positive * OVERSAMPLE - 1)))
         cand = positives.where(F.col("split") == split).select("*", draws.alias("_j"))
         u = hash_uniform(F.lit(cfg.seed), F.lit("neg"), "anchor_id", "positive_id", "_j")

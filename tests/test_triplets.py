@@ -1,0 +1,120 @@
+"""make_triplets on a small synthetic pipeline: negatives, splits, holdout, caps, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from cdml_spark.events import run_ingest
+from cdml_spark.features import ingest_features
+from cdml_spark.graph import build_graph
+from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, TableStore, triplets_spec, video_features_spec
+from cdml_spark.triplets import make_triplets
+
+SMALL = [
+    "events.source=synthetic",
+    "events.synthetic.num_events=12000",
+    "events.synthetic.num_users=300",
+    "events.synthetic.num_videos=206",  # 6 never-watched videos in the cold tail
+    "events.synthetic.num_topics=10",
+    "events.synthetic.partitions=2",
+    "features.source=synthetic",
+    "features.modalities=[{name: vis, dim: 4}, {name: aud, dim: 3}]",
+    "graph.max_neighbors=10",
+    "triplets.positives_per_anchor=3",
+    "triplets.negatives_per_positive=2",
+    "triplets.validation_fraction=0.15",
+    "triplets.cold_fraction=0.15",
+]
+
+
+@pytest.fixture(scope="module")
+def pipeline(spark, tmp_path_factory):
+    """Events, graph and features built once; each test writes its own triplets into a copy."""
+    from tests.conftest import make_config
+
+    root = tmp_path_factory.mktemp("triplets")
+    holdout = root / "holdout.txt"
+    holdout.write_text("v1\nv2\n\nv3\n")
+    cfg = make_config(root / "tables", *SMALL, f"triplets.holdout_path={holdout}")
+    run_ingest(spark, cfg)
+    build_graph(spark, cfg)
+    ingest_features(spark, cfg)
+    return cfg
+
+
+def read(spark, cfg, spec):
+    return TableStore(spark, cfg.storage).read(spec)
+
+
+def test_triplet_invariants(spark, pipeline):
+    cfg = pipeline
+    stats = make_triplets(spark, cfg)
+    store = TableStore(spark, cfg.storage)
+    spec = triplets_spec(cfg.features.modalities, materialize=True)
+    triplets = store.read(spec).collect()
+    assert stats["triplets_by_split"]["train"] > 500 and stats["triplets_by_split"]["validation"] > 50
+
+    edges = {(r.video_id, r.neighbor_id) for r in store.read(COWATCH_EDGES).collect()}
+    neighbours = edges | {(b, a) for a, b in edges}
+    splits = {r.video_id: r.split for r in store.read(VIDEO_SPLITS).collect()}
+    for t in triplets:
+        assert (t.anchor_id, t.positive_id) in edges
+        assert (t.anchor_id, t.negative_id) not in neighbours
+        assert t.negative_id not in (t.anchor_id, t.positive_id)
+        roles = {splits[t.anchor_id], splits[t.positive_id], splits[t.negative_id]}
+        assert "cold_test" not in roles
+        assert splits[t.anchor_id] == t.split
+        if t.split == "train":
+            assert roles == {"train"}
+
+    # splits partition the catalog; holdout ids are cold; unwatched videos still get a split
+    assert len(splits) == 206 and set(splits.values()) == {"train", "validation", "cold_test"}
+    assert all(splits[v] == "cold_test" for v in ("v1", "v2", "v3"))
+    assert all(v in splits for v in ("v200", "v205"))
+
+    per_anchor: dict[str, set] = {}
+    per_pair: dict[tuple, int] = {}
+    for t in triplets:
+        per_anchor.setdefault(t.anchor_id, set()).add(t.positive_id)
+        per_pair[(t.anchor_id, t.positive_id)] = per_pair.get((t.anchor_id, t.positive_id), 0) + 1
+    assert max(len(p) for p in per_anchor.values()) == 3  # positives_per_anchor cap reached, not exceeded
+    assert max(per_pair.values()) == 2
+
+    features = {r.video_id: r for r in store.read(video_features_spec(cfg.features.modalities)).collect()}
+    for t in triplets[:50]:
+        assert np.allclose(t.negative_vis, features[t.negative_id].vis)
+        assert np.allclose(t.anchor_aud, features[t.anchor_id].aud)
+
+
+def test_same_seed_same_triplets_and_ids_only_mode(spark, pipeline):
+    cfg = pipeline
+    ids = ["anchor_id", "positive_id", "negative_id", "split"]
+    spec = triplets_spec(cfg.features.modalities, materialize=True)
+    make_triplets(spark, cfg)
+    first = sorted(read(spark, cfg, spec).select(*ids).collect())
+    make_triplets(spark, cfg)
+    assert first == sorted(read(spark, cfg, spec).select(*ids).collect())
+
+    other = cfg.model_copy(update={"triplets": cfg.triplets.model_copy(update={"seed": 5, "materialize_features": False})})
+    make_triplets(spark, other)
+    slim = read(spark, other, triplets_spec(other.features.modalities, materialize=False))
+    assert "anchor_vis" not in slim.columns
+    assert first != sorted(slim.select(*ids).collect())
+
+
+def test_videos_without_features_are_dropped_and_counted(spark, pipeline, tmp_path):
+    cfg = pipeline
+    store = TableStore(spark, cfg.storage)
+    features = store.read(video_features_spec(cfg.features.modalities))
+    subset = tmp_path / "subset"
+    features.where(~F.col("video_id").isin("v0", "v10", "v20")).write.parquet(str(subset))
+    path_cfg = cfg.model_copy(
+        update={"features": cfg.features.model_copy(update={"source": "path", "path": str(subset), "l2_normalize": False})}
+    )
+    ingest_features(spark, path_cfg)
+    stats = make_triplets(spark, path_cfg)
+    assert stats["edge_rows_dropped_no_features"] > 0
+    t = store.read(triplets_spec(cfg.features.modalities, materialize=True))
+    assert t.where(F.col("anchor_id").isin("v0", "v10", "v20") | F.col("negative_id").isin("v0", "v10", "v20")).count() == 0
