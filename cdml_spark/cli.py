@@ -32,8 +32,10 @@ def run_job(
     job: Callable[..., Any],
     forced_overrides: list[str] | None = None,
     argv: list[str] | None = None,
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> Any:
-    """Parse `--config/--set/--run-id`, build the session and call `job(spark, cfg, run_id=...)`.
+    """Parse `--config/--set/--run-id` (+ `extra_args`), build the session and call
+    `job(spark, cfg, run_id=..., **extras)`.
 
     Configuration, input-schema and setup problems print one clear line and exit with status 2.
     """
@@ -43,12 +45,15 @@ def run_job(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     parser.add_argument("--run-id", default=None, help="lineage run id (default: generated)")
+    if extra_args:
+        extra_args(parser)
     args = parser.parse_args(argv)
+    extras = {k: v for k, v in vars(args).items() if k not in ("config", "set", "run_id")}
     setup_logging()
     try:
         cfg: AppConfig = load_config(args.config, [*args.set, *(forced_overrides or [])])
         spark = get_spark(cfg)
-        return job(spark, cfg, run_id=args.run_id)
+        return job(spark, cfg, run_id=args.run_id, **extras)
     except USER_ERRORS as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         raise SystemExit(2) from None

@@ -140,6 +140,37 @@ class TripletsConfig(_Strict):
     seed: int = 0
 
 
+class MlflowConfig(_Strict):
+    enabled: bool = False
+    tracking_uri: str = Field(description="e.g. file:warehouse/mlruns locally, databricks on Databricks")
+    experiment: str = "cdml"
+
+
+class TrainingConfig(_Strict):
+    fusion: Literal["early", "late"] = "early"
+    hidden: list[int] = Field(default_factory=lambda: [512], description="FC widths before the embedding")
+    embedding_dim: int = Field(default=128, ge=2)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    margin: float = Field(default=0.2, ge=0, description="alpha of the triplet hinge")
+    semi_hard: bool = Field(default=True, description="Re-sample negatives semi-hard within each batch")
+    batch_size: int = Field(default=1024, ge=2, le=7200)
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    num_processes: int = Field(default=2, ge=1)
+    local_mode: bool = Field(
+        default=True, description="TorchDistributor: processes on the driver (true) or barrier tasks"
+    )
+    use_gpu: Literal["auto", "true", "false"] = "auto"
+    shuffle_batches: int = Field(default=4, ge=1, description="Shuffle buffer, in batches")
+    reader_workers: int = Field(default=2, ge=1, description="Petastorm reader threads per process")
+    model_dir: str = Field(description="Artifacts go to <model_dir>/<model_version>/")
+    checkpoint_dir: str
+    model_version: str | None = Field(default=None, description="Default: cdml-<fusion>-<run id>")
+    mlflow: MlflowConfig
+
+
 class AppConfig(_Strict):
     spark: SparkConfig
     storage: StorageConfig
@@ -147,6 +178,7 @@ class AppConfig(_Strict):
     graph: GraphConfig
     features: FeaturesConfig
     triplets: TripletsConfig
+    training: TrainingConfig
 
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

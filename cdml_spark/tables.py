@@ -45,6 +45,7 @@ class TableSpec:
     comment: str = ""
     fields: tuple[T.StructField, ...] = ()
     partition_by: tuple[str, ...] = ()
+    optimize_write: bool = False  # bin-pack files per partition value (many small partitions)
 
     @property
     def schema(self) -> T.StructType:
@@ -62,6 +63,7 @@ WATCH_EVENTS = TableSpec(
         _field("event_date", T.DateType(), "UTC date of event_ts (partition column)", False),
     ),
     partition_by=("event_date",),
+    optimize_write=True,
 )
 
 WATCH_EVENTS_QUARANTINE = TableSpec(
@@ -157,10 +159,17 @@ def triplets_spec(modalities: Iterable[Modality], materialize: bool) -> TableSpe
             _field("anchor_id", T.StringType(), "Anchor video", False),
             _field("positive_id", T.StringType(), "A co-watch neighbour of the anchor", False),
             _field("negative_id", T.StringType(), "A sampled video that is not a co-watch neighbour", False),
-            _field("split", T.StringType(), "train or validation (the anchor's split)", False),
+            _field(
+                "split", T.StringType(), "train or validation (the anchor's split; partition column)", False
+            ),
             _field("edge_weight", T.DoubleType(), "Weight of the (anchor, positive) edge", False),
+            *[
+                _field(f"{role}_key", T.LongType(), f"xxhash64 of {role}_id (integer id for training)", False)
+                for role in ("anchor", "positive", "negative")
+            ],
             *(vectors if materialize else []),
         ),
+        partition_by=("split",),
     )
 
 
@@ -228,6 +237,12 @@ class TableStore:
             return self.spark.read.format("delta").load(self.path(spec))
         return self.spark.table(self.qualified(spec))
 
+    def location(self, spec: TableSpec) -> str:
+        """Storage location of the table (its folder locally; from DESCRIBE DETAIL on a catalog)."""
+        if self.local:
+            return self.path(spec)
+        return self.spark.sql(f"DESCRIBE DETAIL {self.qualified(spec)}").first()["location"]
+
     def version(self, spec: TableSpec) -> int:
         """Current Delta version of the table (input identity for lineage)."""
         table = (
@@ -249,7 +264,7 @@ class TableStore:
         )
         self._create_or_migrate(spec)
         writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
-        if spec.partition_by:  # bin-pack per partition value instead of one file per task x value
+        if spec.optimize_write:  # one file per partition value instead of one per task x value
             writer = writer.option("optimizeWrite", "true")
         if self.local:
             writer.save(self.path(spec))

@@ -39,6 +39,7 @@ from cdml_spark.tables import (
 log = logging.getLogger(__name__)
 
 OVERSAMPLE = 4
+TRIPLET_FILES = 8
 _MASK53 = (1 << 53) - 1
 
 
@@ -207,7 +208,11 @@ def make_triplets(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
     spec = triplets_spec(modalities, tcfg.materialize_features)
     if tcfg.materialize_features:
         triplets = materialize(triplets, features, names)
-    triplets = triplets.repartition(max(1, cfg.spark.shuffle_partitions), "anchor_id")
+    triplets = triplets.select(
+        "*", *[F.xxhash64(f"{role}_id").alias(f"{role}_key") for role in ("anchor", "positive", "negative")]
+    )
+    # round-robin into >= TRIPLET_FILES files per split: Petastorm shards row groups across ranks
+    triplets = triplets.repartition(max(TRIPLET_FILES, cfg.spark.shuffle_partitions))
     store.write(spec, triplets, lineage)
 
     written = store.read(spec)

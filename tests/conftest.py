@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from cdml_spark.config import AppConfig, load_config
+from cdml_spark.events import run_ingest
+from cdml_spark.features import ingest_features
+from cdml_spark.graph import build_graph
 from cdml_spark.spark import get_spark
+from cdml_spark.triplets import make_triplets
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONF = ROOT / "conf" / "local.yaml"
@@ -43,3 +47,47 @@ def cfg_factory(tmp_path):
         return make_config(tmp_path / "tables", *overrides)
 
     return factory
+
+
+SMALL = [
+    "events.source=synthetic",
+    "events.synthetic.num_events=12000",
+    "events.synthetic.num_users=300",
+    "events.synthetic.num_videos=206",  # 6 never-watched videos in the cold tail
+    "events.synthetic.num_topics=10",
+    "events.synthetic.partitions=2",
+    "features.source=synthetic",
+    "features.modalities=[{name: vis, dim: 4}, {name: aud, dim: 3}]",
+    "features.synthetic.noise=0.3",
+    "graph.max_neighbors=10",
+    "triplets.positives_per_anchor=3",
+    "triplets.negatives_per_positive=2",
+    "triplets.validation_fraction=0.15",
+    "triplets.cold_fraction=0.15",
+]
+
+
+@pytest.fixture(scope="session")
+def pipeline(spark, tmp_path_factory):
+    """A tiny synthetic pipeline up to triplets, built once per test session (tests may rebuild triplets)."""
+    root = tmp_path_factory.mktemp("triplets")
+    holdout = root / "holdout.txt"
+    holdout.write_text("v1\nv2\n\nv3\n")
+    cfg = make_config(
+        root / "tables",
+        *SMALL,
+        f"triplets.holdout_path={holdout}",
+        f"training.model_dir={root / 'models'}",
+        f"training.checkpoint_dir={root / 'checkpoints'}",
+        f"training.mlflow.tracking_uri=file:{root / 'mlruns'}",
+        "training.hidden=[32]",
+        "training.embedding_dim=16",
+        "training.batch_size=256",
+        "training.epochs=3",
+        "training.learning_rate=0.01",
+    )
+    run_ingest(spark, cfg)
+    build_graph(spark, cfg)
+    ingest_features(spark, cfg)
+    make_triplets(spark, cfg)
+    return cfg

@@ -3,45 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from pyspark.sql import functions as F
 
-from cdml_spark.events import run_ingest
 from cdml_spark.features import ingest_features
-from cdml_spark.graph import build_graph
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, TableStore, triplets_spec, video_features_spec
 from cdml_spark.triplets import make_triplets
-
-SMALL = [
-    "events.source=synthetic",
-    "events.synthetic.num_events=12000",
-    "events.synthetic.num_users=300",
-    "events.synthetic.num_videos=206",  # 6 never-watched videos in the cold tail
-    "events.synthetic.num_topics=10",
-    "events.synthetic.partitions=2",
-    "features.source=synthetic",
-    "features.modalities=[{name: vis, dim: 4}, {name: aud, dim: 3}]",
-    "graph.max_neighbors=10",
-    "triplets.positives_per_anchor=3",
-    "triplets.negatives_per_positive=2",
-    "triplets.validation_fraction=0.15",
-    "triplets.cold_fraction=0.15",
-]
-
-
-@pytest.fixture(scope="module")
-def pipeline(spark, tmp_path_factory):
-    """Events, graph and features built once; each test writes its own triplets into a copy."""
-    from tests.conftest import make_config
-
-    root = tmp_path_factory.mktemp("triplets")
-    holdout = root / "holdout.txt"
-    holdout.write_text("v1\nv2\n\nv3\n")
-    cfg = make_config(root / "tables", *SMALL, f"triplets.holdout_path={holdout}")
-    run_ingest(spark, cfg)
-    build_graph(spark, cfg)
-    ingest_features(spark, cfg)
-    return cfg
 
 
 def read(spark, cfg, spec):
@@ -97,7 +63,9 @@ def test_same_seed_same_triplets_and_ids_only_mode(spark, pipeline):
     make_triplets(spark, cfg)
     assert first == sorted(read(spark, cfg, spec).select(*ids).collect())
 
-    other = cfg.model_copy(update={"triplets": cfg.triplets.model_copy(update={"seed": 5, "materialize_features": False})})
+    other = cfg.model_copy(
+        update={"triplets": cfg.triplets.model_copy(update={"seed": 5, "materialize_features": False})}
+    )
     make_triplets(spark, other)
     slim = read(spark, other, triplets_spec(other.features.modalities, materialize=False))
     assert "anchor_vis" not in slim.columns
@@ -111,10 +79,19 @@ def test_videos_without_features_are_dropped_and_counted(spark, pipeline, tmp_pa
     subset = tmp_path / "subset"
     features.where(~F.col("video_id").isin("v0", "v10", "v20")).write.parquet(str(subset))
     path_cfg = cfg.model_copy(
-        update={"features": cfg.features.model_copy(update={"source": "path", "path": str(subset), "l2_normalize": False})}
+        update={
+            "features": cfg.features.model_copy(
+                update={"source": "path", "path": str(subset), "l2_normalize": False}
+            )
+        }
     )
-    ingest_features(spark, path_cfg)
-    stats = make_triplets(spark, path_cfg)
-    assert stats["edge_rows_dropped_no_features"] > 0
-    t = store.read(triplets_spec(cfg.features.modalities, materialize=True))
-    assert t.where(F.col("anchor_id").isin("v0", "v10", "v20") | F.col("negative_id").isin("v0", "v10", "v20")).count() == 0
+    try:
+        ingest_features(spark, path_cfg)
+        stats = make_triplets(spark, path_cfg)
+        assert stats["edge_rows_dropped_no_features"] > 0
+        t = store.read(triplets_spec(cfg.features.modalities, materialize=True))
+        dropped = F.col("anchor_id").isin("v0", "v10", "v20") | F.col("negative_id").isin("v0", "v10", "v20")
+        assert t.where(dropped).count() == 0
+    finally:  # other modules reuse the session's pipeline tables
+        ingest_features(spark, cfg)
+        make_triplets(spark, cfg)
