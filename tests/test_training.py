@@ -94,7 +94,8 @@ def test_shards_cover_every_row_once(spark, pipeline):
                 zip(
                     batch["anchor_key"].tolist(),
                     batch["positive_key"].tolist(),
-                    batch["negative_key"].tolist(), strict=False,
+                    batch["negative_key"].tolist(),
+                    strict=False,
                 )
             )
             rows += len(batch["anchor_key"])
@@ -135,10 +136,8 @@ def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline):
     artifact = os.path.join(cfg.training.model_dir, info["model_version"])
     model = load_model(artifact)
     assert set(os.listdir(artifact)) >= {"model.pt", "model.json", "training.png"}
-    assert json.load(open(os.path.join(artifact, "model.json")))["spec"]["modality_dims"] == {
-        "vis": 4,
-        "aud": 3,
-    }
+    with open(os.path.join(artifact, "model.json")) as handle:
+        assert json.load(handle)["spec"]["modality_dims"] == {"vis": 4, "aud": 3}
     assert model({"vis": torch.randn(2, 4), "aud": torch.randn(2, 3)}).shape == (2, 16)
     assert os.path.isdir(cfg.training.mlflow.tracking_uri.removeprefix("file:"))
 
