@@ -171,6 +171,32 @@ class TrainingConfig(_Strict):
     mlflow: MlflowConfig
 
 
+class EmbeddingConfig(_Strict):
+    model_version: str | None = Field(default=None, description="null = <training.model_dir>/LATEST")
+    batch_size: int = Field(default=4096, ge=1)
+
+
+class AnnConfig(_Strict):
+    index: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(default=32, ge=4)
+    ef_search: int = Field(default=128, ge=1)
+    ivf_lists: int = Field(default=256, ge=1)
+    ivf_probe: int = Field(default=16, ge=1)
+    recall_sample: int = Field(default=1000, ge=1, description="Queries checked against exact search")
+
+
+class NeighborsConfig(_Strict):
+    k: int = Field(ge=1)
+    mode: Literal["exact", "ann"] = "exact"
+    block_size: int = Field(default=4096, ge=1, description="Catalog rows scored at once (exact mode)")
+    ann: AnnConfig = AnnConfig()
+
+
+class RecommendConfig(_Strict):
+    history: int = Field(ge=1, description="A user = their N most recently watched videos")
+    k: int = Field(ge=1)
+
+
 class AppConfig(_Strict):
     spark: SparkConfig
     storage: StorageConfig
@@ -179,6 +205,9 @@ class AppConfig(_Strict):
     features: FeaturesConfig
     triplets: TripletsConfig
     training: TrainingConfig
+    embedding: EmbeddingConfig
+    neighbors: NeighborsConfig
+    recommend: RecommendConfig
 
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

@@ -21,7 +21,13 @@ from pyspark.sql import types as T
 
 from cdml_spark.config import AppConfig, FeaturesConfig
 from cdml_spark.events import InputSchemaError
-from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, Lineage, TableStore, video_features_spec
+from cdml_spark.tables import (
+    VIDEO_FEATURES_QUARANTINE,
+    VIDEO_METADATA,
+    Lineage,
+    TableStore,
+    video_features_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +133,43 @@ def read_features_path(spark: SparkSession, cfg: FeaturesConfig) -> DataFrame:
     return raw.select(*[F.col(f"`{cfg.columns.get(n, n)}`").alias(n) for n in wanted])
 
 
+def video_metadata(spark: SparkSession, cfg: AppConfig, store: TableStore) -> DataFrame:
+    """Titles/genres for people reading results: MovieLens item files; synthetic videos get their
+    latent topic as genre; other sources their id as title."""
+    ids = store.read(video_features_spec(cfg.features.modalities)).select("video_id")
+    if cfg.features.source == "movielens":
+        from cdml_spark.datasets import movielens_items
+
+        items = movielens_items(spark, cfg.storage.cache_dir, cfg.events.source)
+        title = F.when(F.col("year").isNull(), F.col("title")).otherwise(
+            F.format_string("%s (%d)", "title", "year")
+        )
+        return ids.join(items.select("video_id", title.alias("title"), "genres"), "video_id", "left").select(
+            "video_id", F.coalesce("title", "video_id").alias("title"), "genres"
+        )
+    if cfg.features.source == "synthetic":
+        topic = F.pmod(F.substring("video_id", 2, 20).cast("long"), F.lit(cfg.events.synthetic.num_topics))
+        return ids.select(
+            "video_id",
+            F.col("video_id").alias("title"),
+            F.array(F.format_string("topic %d", topic)).alias("genres"),
+        )
+    return ids.select(
+        "video_id", F.col("video_id").alias("title"), F.lit(None).cast("array<string>").alias("genres")
+    )
+
+
 def ingest_features(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:
-    """Job entry: compute or read the configured features source into `video_features`."""
+    """Job entry: compute or read the configured features source into `video_features` (and
+    `video_metadata`)."""
+    lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)
+    report = _write_source(spark, cfg, lineage.run_id)
+    store = TableStore(spark, cfg.storage)
+    store.write(VIDEO_METADATA, video_metadata(spark, cfg, store), lineage)
+    return report
+
+
+def _write_source(spark: SparkSession, cfg: AppConfig, run_id: str | None) -> dict:
     source = cfg.features.source
     log.info("features: source=%s version=%s", source, cfg.features.version)
     if source == "movielens":

@@ -19,10 +19,10 @@ from pyspark.sql import SparkSession
 ROLES = ("anchor", "positive", "negative")
 
 
-def snapshot_files(spark: SparkSession, path: str, split: str) -> list[str]:
-    """Parquet files of the table's current version, for one value of its `split` partition."""
-    files = spark.read.format("delta").load(path).where(f"split = '{split}'").inputFiles()
-    return sorted(files)
+def snapshot_files(spark: SparkSession, path: str, split: str | None = None) -> list[str]:
+    """Parquet files of a Delta table's current version (only its `split` partition, if given)."""
+    table = spark.read.format("delta").load(path)
+    return sorted((table.where(f"split = '{split}'") if split else table).inputFiles())
 
 
 def row_groups(files: list[str]) -> int:

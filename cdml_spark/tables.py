@@ -173,6 +173,50 @@ def triplets_spec(modalities: Iterable[Modality], materialize: bool) -> TableSpe
     )
 
 
+VIDEO_METADATA = TableSpec(
+    "video_metadata",
+    "Titles and genres of the catalog, for people reading results (MovieLens item files).",
+    (
+        _field("video_id", T.StringType(), "The video", False),
+        _field("title", T.StringType(), "Title with year, e.g. 'Toy Story (1995)'", False),
+        _field("genres", T.ArrayType(T.StringType()), "Genres"),
+    ),
+)
+
+VIDEO_EMBEDDINGS = TableSpec(
+    "video_embeddings",
+    "CDML embedding of every video with features (cold ones included), unit L2 norm.",
+    (
+        _field("video_id", T.StringType(), "The video", False),
+        _field("embedding", T.ArrayType(T.FloatType()), "Unit-norm embedding; cosine = dot product", False),
+        _field("model_version", T.StringType(), "Model that produced it", False),
+    ),
+)
+
+VIDEO_NEIGHBORS = TableSpec(
+    "video_neighbors",
+    "For each video its top-K most similar videos by embedding cosine.",
+    (
+        _field("video_id", T.StringType(), "The query video", False),
+        _field("neighbor_id", T.StringType(), "A similar video", False),
+        _field("rank", T.IntegerType(), "1 = most similar", False),
+        _field("score", T.FloatType(), "Cosine similarity", False),
+        _field("model_version", T.StringType(), "Model of the embeddings", False),
+    ),
+)
+
+USER_RECOMMENDATIONS = TableSpec(
+    "user_recommendations",
+    "Top-K unwatched videos per user by mean cosine to the user's most recent watches.",
+    (
+        _field("user_id", T.StringType(), "The user", False),
+        _field("video_id", T.StringType(), "Recommended video (never one the user watched)", False),
+        _field("rank", T.IntegerType(), "1 = best", False),
+        _field("score", T.FloatType(), "Mean cosine similarity to the user's recent history", False),
+        _field("model_version", T.StringType(), "Model of the embeddings", False),
+    ),
+)
+
 ALL_TABLE_NAMES = (
     "watch_events",
     "watch_events_quarantine",
@@ -182,6 +226,10 @@ ALL_TABLE_NAMES = (
     "video_features_quarantine",
     "video_splits",
     "triplets",
+    "video_metadata",
+    "video_embeddings",
+    "video_neighbors",
+    "user_recommendations",
 )
 
 

@@ -2,8 +2,8 @@
 gloo on CPU / NCCL on GPUs), reading triplets through Petastorm (`loader`).
 
 The driver (`train`) resolves the Delta snapshot's files, builds a picklable `TrainPlan`, runs the
-workers, and records the artifact (`<model_dir>/<model_version>/`: model.pt, model.json,
-metrics.json, training.png) plus MLflow tracking. Rank 0 checkpoints after every epoch (model,
+workers, and records the artifact (`<model_dir>/<model_version>/`: model.pt, model.json with
+the per-epoch metrics, training.png) plus MLflow tracking. Rank 0 checkpoints after every epoch (model,
 optimizer, epoch, step) to `<checkpoint_dir>/last.pt`; `--resume` continues from it.
 """
 
@@ -79,7 +79,7 @@ def _batches(plan: TrainPlan, files: list[str], rank: int, world: int, epoch: in
 
 
 def train_worker(plan: TrainPlan) -> dict | None:
-    """Runs in every training process; returns the metrics history on rank 0."""
+    """Runs in every training process. Rank 0's checkpoint after the last epoch is the result."""
     import torch
     import torch.distributed as dist
     from torch.distributed.algorithms.join import Join
@@ -253,6 +253,11 @@ def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume
     table = triplets_spec(modalities, materialize=True)
     location = store.location(table)
     columns = store.read(table).columns
+    missing = [c for c in ("anchor_key", "positive_key", "negative_key") if c not in columns]
+    if missing:
+        raise FileNotFoundError(
+            f"{store.qualified(table)} lacks {missing} (written by an older version): rerun make_triplets"
+        )
     materialized = all(f"anchor_{m.name}" in columns for m in modalities)
     lineage = Lineage.new("train", {"training": tc.model_dump(), "triplets": store.version(table)}, run_id)
     model_version = tc.model_version or f"cdml-{tc.fusion}-{lineage.run_id}"
@@ -292,11 +297,15 @@ def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume
         use_gpu,
     )
     started = time.time()
-    result = TorchDistributor(num_processes=tc.num_processes, local_mode=tc.local_mode, use_gpu=use_gpu).run(
+    if not resume and os.path.exists(plan.checkpoint_path):
+        os.remove(plan.checkpoint_path)
+    TorchDistributor(num_processes=tc.num_processes, local_mode=tc.local_mode, use_gpu=use_gpu).run(
         train_worker, plan
     )
+    # the final checkpoint is the result (checkpoint_dir must be shared storage in barrier mode)
+    result = torch.load(plan.checkpoint_path, map_location="cpu")
     net = CDMLNet(plan.spec)
-    net.load_state_dict(result["state_dict"])
+    net.load_state_dict(result["model"])
     artifact = os.path.join(tc.model_dir, model_version)
     info = {
         "model_version": model_version,
