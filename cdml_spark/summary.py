@@ -1,17 +1,23 @@
-"""What the demo prints at the end: table sizes, quarantine counts, and "videos like X" with titles."""
+"""What the demo prints at the end: table sizes, quarantine counts, the model's validation
+accuracy, and "videos like X" with titles — by co-watch and, once embedded, by CDML embedding
+(including a video nobody watched)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
-from cdml_spark.datasets import MOVIELENS, movielens_items
 from cdml_spark.tables import (
     ALL_TABLE_NAMES,
     COWATCH_EDGES,
+    VIDEO_METADATA,
+    VIDEO_NEIGHBORS,
+    VIDEO_SPLITS,
     VIDEO_STATS,
     WATCH_EVENTS_QUARANTINE,
     TableSpec,
@@ -21,13 +27,28 @@ from cdml_spark.tables import (
 log = logging.getLogger(__name__)
 
 
-def _titles(spark: SparkSession, cfg: AppConfig) -> DataFrame | None:
-    if cfg.events.source not in MOVIELENS:
-        return None
-    items = movielens_items(spark, cfg.storage.cache_dir, cfg.events.source)
-    return items.select(
-        "video_id", F.concat_ws(" ", "title", F.concat(F.lit("("), "year", F.lit(")"))).alias("title")
-    )
+def _with_titles(store: TableStore, rows: DataFrame, id_col: str) -> DataFrame:
+    if not store.exists(VIDEO_METADATA):
+        return rows.withColumn("title", F.col(id_col))
+    titles = store.read(VIDEO_METADATA).select(F.col("video_id").alias(id_col), "title")
+    return rows.join(titles, id_col, "left").withColumn("title", F.coalesce("title", id_col))
+
+
+def _neighbours(store: TableStore, table: TableSpec, video_ids: list[str], top: int) -> list[str]:
+    rows = store.read(table).where(F.col("video_id").isin(video_ids) & (F.col("rank") <= top))
+    rows = _with_titles(store, rows, "neighbor_id")
+    named = _with_titles(store, rows.select("video_id").distinct(), "video_id").collect()
+    names = {r["video_id"]: r["title"] for r in named}
+    lines = []
+    by_video: dict[str, list] = {}
+    for r in rows.orderBy("video_id", "rank").collect():
+        by_video.setdefault(r["video_id"], []).append(r)
+    for vid in video_ids:
+        lines.append(f'  like "{names.get(vid, vid)}":')
+        for r in by_video.get(vid, []):
+            extra = f", {r['cowatch_users']:,} co-watchers" if "cowatch_users" in r else ""
+            lines.append(f"    {r['rank']:>2}. {r['title']}  ({r['score']:.3f}{extra})")
+    return lines
 
 
 def summary(
@@ -39,28 +60,38 @@ def summary(
     for spec in map(TableSpec, ALL_TABLE_NAMES):
         if store.exists(spec):
             lines.append(
-                f"  {store.qualified(spec):<32} {store.read(spec).count():>12,} rows  (v{store.version(spec)})"
+                f"  {store.qualified(spec):<34} {store.read(spec).count():>12,} rows  (v{store.version(spec)})"
             )
     if store.exists(WATCH_EVENTS_QUARANTINE):
         for row in store.read(WATCH_EVENTS_QUARANTINE).groupBy("reason").count().orderBy("reason").collect():
             lines.append(f"  quarantined {row['reason']}: {row['count']:,}")
-    if store.exists(COWATCH_EDGES):
-        titles = _titles(spark, cfg)
-        popular = store.read(VIDEO_STATS).orderBy(F.desc("users"), "video_id").limit(examples).collect()
-        for video in popular:
-            edges = store.read(COWATCH_EDGES).where(F.col("video_id") == video["video_id"])
-            if titles is not None:
-                edges = edges.join(titles.withColumnRenamed("video_id", "neighbor_id"), "neighbor_id", "left")
-            else:
-                edges = edges.withColumn("title", F.col("neighbor_id"))
-            name = video["video_id"]
-            if titles is not None:
-                name = (titles.where(F.col("video_id") == name).first() or {"title": name})["title"]
-            lines.append(f'videos like "{name}" ({video["users"]:,} viewers):')
-            for e in edges.orderBy("rank").limit(top).collect():
-                lines.append(
-                    f"  {e['rank']:>2}. {e['title']}  (score {e['score']:.3f}, {e['cowatch_users']:,} co-watchers)"
-                )
+    latest = os.path.join(cfg.training.model_dir, "LATEST")
+    if os.path.exists(latest):
+        with open(latest) as handle:
+            version = handle.read().strip()
+        with open(os.path.join(cfg.training.model_dir, version, "model.json")) as handle:
+            history = json.load(handle).get("history", [])
+        accuracy = ", ".join(f"{h['val_accuracy']:.3f}" for h in history)
+        lines.append(f"model {version}: validation triplet accuracy by epoch {accuracy}")
+    if not store.exists(VIDEO_STATS):
+        return _emit(lines)
+    popular = [
+        r["video_id"]
+        for r in store.read(VIDEO_STATS).orderBy(F.desc("users"), "video_id").limit(examples).collect()
+    ]
+    lines.append("by co-watch (cowatch_edges):")
+    lines += _neighbours(store, COWATCH_EDGES, popular, top)
+    if store.exists(VIDEO_NEIGHBORS):
+        lines.append("by CDML embedding (video_neighbors):")
+        lines += _neighbours(store, VIDEO_NEIGHBORS, popular, top)
+        cold = store.read(VIDEO_SPLITS).where("users = 0").orderBy("video_id").limit(1).collect()
+        if cold:
+            lines.append("a video nobody watched, by CDML embedding:")
+            lines += _neighbours(store, VIDEO_NEIGHBORS, [cold[0]["video_id"]], top)
+    return _emit(lines)
+
+
+def _emit(lines: list[str]) -> str:
     text = "\n".join(lines)
     print(text)
     return text

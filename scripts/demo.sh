@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source .venv/bin/activate
 start=$(date +%s)
-for job in ingest_events build_graph ingest_features make_triplets summary; do
+for job in ingest_events build_graph ingest_features make_triplets train embed_catalog build_neighbors recommend summary; do
   echo "=== spark-submit jobs/$job.py"
   spark-submit "jobs/$job.py" --config conf/local.yaml "$@"
 done
