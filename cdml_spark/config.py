@@ -137,6 +137,10 @@ class TripletsConfig(_Strict):
         default=None, description="Video ids (text, one per line) forced to cold_test"
     )
     materialize_features: bool = Field(default=True, description="Store the three feature vectors per row")
+    hard_negatives_from: str | None = Field(
+        default=None, description="Path of a previous model's video_neighbors Delta table (hard negatives)"
+    )
+    hard_negatives_per_positive: int = Field(default=1, ge=0)
     seed: int = 0
 
 

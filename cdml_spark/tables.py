@@ -310,8 +310,10 @@ class TableStore:
         out = df.select(
             *[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields, strict=False)]
         )
-        self._create_or_migrate(spec)
+        migrate = self._create_or_migrate(spec)
         writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+        if migrate:
+            writer = writer.option("overwriteSchema", "true")
         if spec.optimize_write:  # one file per partition value instead of one per task x value
             writer = writer.option("optimizeWrite", "true")
         if self.local:
@@ -319,25 +321,33 @@ class TableStore:
         else:
             writer.saveAsTable(self.qualified(spec))
 
-    def _create_or_migrate(self, spec: TableSpec) -> None:
-        """Create the empty table (schema with NOT NULLs and comments, table comment) if missing, or
-        replace it if an older code version left another schema; data then arrives by overwrite."""
-        builder = DeltaTable.createIfNotExists(self.spark)
+    def _create_or_migrate(self, spec: TableSpec) -> bool:
+        """Create the empty table (schema with NOT NULLs and comments, table comment) if missing.
+        Returns True when an existing table has another schema (left by an older code version): the
+        data write then replaces the schema too (`overwriteSchema`, same commit)."""
         if self.exists(spec):
             current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
             if current == [(f.name, f.dataType, f.nullable) for f in spec.schema]:
-                return
-            log.warning("%s: schema changed since the last write; replacing the table", self.qualified(spec))
-            builder = DeltaTable.createOrReplace(self.spark)
-        builder = builder.tableName(self.qualified(spec))
-        if self.local:
-            builder = builder.location(self.path(spec))
+                return False
+            log.warning(
+                "%s: schema changed since the last write; the overwrite replaces it", self.qualified(spec)
+            )
+            return True
+        builder = DeltaTable.createIfNotExists(self.spark)
+        # locally the table is created by path and registered by name afterwards
+        builder = builder.location(self.path(spec)) if self.local else builder.tableName(self.qualified(spec))
         builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment).execute()
+        if self.local:
+            self._register(spec.name)
+        return False
 
     def _register_existing(self) -> None:
         for name in ALL_TABLE_NAMES:
-            path = os.path.abspath(os.path.join(self.storage.tables_root, name))
-            if os.path.isdir(os.path.join(path, "_delta_log")):
-                self.spark.sql(
-                    f"CREATE TABLE IF NOT EXISTS {self.storage.database}.{name} USING DELTA LOCATION '{path}'"
-                )
+            if os.path.isdir(os.path.join(self.storage.tables_root, name, "_delta_log")):
+                self._register(name)
+
+    def _register(self, name: str) -> None:
+        path = os.path.abspath(os.path.join(self.storage.tables_root, name))
+        self.spark.sql(
+            f"CREATE TABLE IF NOT EXISTS {self.storage.database}.{name} USING DELTA LOCATION '{path}'"
+        )

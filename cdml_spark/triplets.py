@@ -9,6 +9,9 @@
 - Negatives: `negatives_per_positive` per (anchor, positive), drawn from the same candidate videos
   uniformly or ∝ (users + 1)^β; never the anchor, the positive, or any video joined to the anchor
   by a `cowatch_edges` row (either direction). Candidates are oversampled ×4 and filtered.
+- Hard negatives (optional): with `hard_negatives_from` set to a previous model's `video_neighbors`
+  table, up to `hard_negatives_per_positive` of the negatives are the anchor's embedding neighbours
+  under that model (same rules: allowed split, not a co-watch neighbour), the rest random.
 - All randomness is a hash of (seed, ids, draw index), so the same inputs and seed give the same
   triplets whatever the partitioning. Cold-test videos never appear in any triplet.
 """
@@ -125,11 +128,43 @@ def _inverse_cdf_sampler(table: Broadcast):
     return draw
 
 
+def hard_candidates(
+    positives: DataFrame, splits: DataFrame, previous: DataFrame, cfg: TripletsConfig
+) -> DataFrame:
+    """Up to `hard_negatives_per_positive` of the anchor's neighbours in a previous model's
+    `video_neighbors`, as draws with negative `_j` (so they are preferred), from allowed splits."""
+    allowed = splits.select(F.col("video_id").alias("negative_id"), F.col("split").alias("_ns"))
+    hard = (
+        positives.join(
+            previous.select(F.col("video_id").alias("anchor_id"), F.col("neighbor_id").alias("negative_id")),
+            "anchor_id",
+        )
+        .join(allowed, "negative_id")
+        .where(
+            (F.col("_ns") == "train") | ((F.col("split") == "validation") & (F.col("_ns") == "validation"))
+        )
+    )
+    u = hash_uniform(F.lit(cfg.seed), F.lit("hard"), "anchor_id", "positive_id", "negative_id")
+    order = Window.partitionBy("anchor_id", "positive_id").orderBy(u, "negative_id")
+    return (
+        hard.withColumn("_j", -F.row_number().over(order))
+        .where(F.col("_j") >= -cfg.hard_negatives_per_positive)
+        .drop("_ns")
+    )
+
+
 def sample_negatives(
-    spark: SparkSession, positives: DataFrame, splits: DataFrame, edges: DataFrame, cfg: TripletsConfig
+    spark: SparkSession,
+    positives: DataFrame,
+    splits: DataFrame,
+    edges: DataFrame,
+    cfg: TripletsConfig,
+    previous_neighbors: DataFrame | None = None,
 ) -> DataFrame:
     """Adds negative_id: `negatives_per_positive` rows per positive (see module docstring)."""
-    parts = []
+    parts = (
+        [] if previous_neighbors is None else [hard_candidates(positives, splits, previous_neighbors, cfg)]
+    )
     for split, allowed in (("train", ["train"]), ("validation", ["train", "validation"])):
         ids, cdf = _candidate_table(splits.where(F.col("split").isin(allowed)), cfg)
         if len(ids) == 0:
@@ -141,7 +176,9 @@ def sample_negatives(
         parts.append(cand.withColumn("negative_id", draw(u)))
     if not parts:
         return positives.withColumn("negative_id", F.lit(None).cast("string")).limit(0)
-    cand = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    cand = parts[0]
+    for part in parts[1:]:
+        cand = cand.unionByName(part)
     neighbours = edges.select(F.col("video_id").alias("anchor_id"), F.col("neighbor_id").alias("negative_id"))
     neighbours = neighbours.unionByName(
         edges.select(F.col("neighbor_id").alias("anchor_id"), F.col("video_id").alias("negative_id"))
@@ -204,7 +241,15 @@ def make_triplets(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
     splits = store.read(VIDEO_SPLITS)
 
     positives = sample_positives(edges, splits, tcfg)
-    triplets = sample_negatives(spark, positives, splits, edges, tcfg)
+    previous = None
+    if tcfg.hard_negatives_from:
+        previous = spark.read.format("delta").load(tcfg.hard_negatives_from)
+        log.info(
+            "make_triplets: up to %d hard negatives per positive from %s",
+            tcfg.hard_negatives_per_positive,
+            tcfg.hard_negatives_from,
+        )
+    triplets = sample_negatives(spark, positives, splits, edges, tcfg, previous)
     spec = triplets_spec(modalities, tcfg.materialize_features)
     if tcfg.materialize_features:
         triplets = materialize(triplets, features, names)

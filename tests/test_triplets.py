@@ -95,3 +95,35 @@ def test_videos_without_features_are_dropped_and_counted(spark, pipeline, tmp_pa
     finally:  # other modules reuse the session's pipeline tables
         ingest_features(spark, cfg)
         make_triplets(spark, cfg)
+
+
+def test_hard_negatives_from_previous_neighbors(spark, pipeline, tmp_path):
+    cfg = pipeline
+    store = TableStore(spark, cfg.storage)
+    ids = sorted(r.video_id for r in store.read(VIDEO_SPLITS).collect())
+    previous = [(v, ids[(i + d) % len(ids)], d) for i, v in enumerate(ids) for d in range(1, 8)]
+    path = str(tmp_path / "previous_neighbors")
+    spark.createDataFrame(previous, "video_id string, neighbor_id string, rank int").write.format(
+        "delta"
+    ).save(path)
+    hard_cfg = cfg.model_copy(
+        update={"triplets": cfg.triplets.model_copy(update={"hard_negatives_from": path})}
+    )
+    try:
+        make_triplets(spark, hard_cfg)
+        rows = read(spark, cfg, triplets_spec(cfg.features.modalities, materialize=True)).collect()
+        prev = {(a, n) for a, n, _ in previous}
+        edges = {(r.video_id, r.neighbor_id) for r in store.read(COWATCH_EDGES).collect()}
+        splits = {r.video_id: r.split for r in store.read(VIDEO_SPLITS).collect()}
+        hard = [t for t in rows if (t.anchor_id, t.negative_id) in prev]
+        assert len(hard) > 0.3 * len(rows)  # about one of the two negatives per positive
+        pairs = {}
+        for t in hard:
+            pairs[(t.anchor_id, t.positive_id)] = pairs.get((t.anchor_id, t.positive_id), 0) + 1
+        # hard_negatives_per_positive = 1; a random draw may also hit the neighbour list, rarely
+        assert sum(1 for c in pairs.values() if c == 1) > 0.9 * len(pairs)
+        for t in hard:
+            assert (t.anchor_id, t.negative_id) not in edges and (t.negative_id, t.anchor_id) not in edges
+            assert splits[t.negative_id] != "cold_test"
+    finally:
+        make_triplets(spark, cfg)
