@@ -97,7 +97,6 @@ def iterate_batches(
         schema_fields=keys + vector_cols,
         cur_shard=rank,
         shard_count=world,
-        shard_seed=seed,
         seed=seed,
         shuffle_row_groups=True,
         num_epochs=1,
