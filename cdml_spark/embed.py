@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
@@ -56,6 +56,12 @@ def embed_frame(path: str, names: list[str], batch: pd.DataFrame, batch_size: in
             inputs = {n: torch.from_numpy(np.stack(part[n]).astype(np.float32)).to(device) for n in names}
             out.append(model(inputs).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def current_embeddings(store: TableStore) -> tuple[DataFrame, str]:
+    """The `video_embeddings` table and the model version that wrote it."""
+    embeddings = store.read(VIDEO_EMBEDDINGS)
+    return embeddings, embeddings.select("model_version").first()["model_version"]
 
 
 def embed_catalog(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:

@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
+from cdml_spark.embed import current_embeddings
 from cdml_spark.loader import snapshot_files
 from cdml_spark.retrieval import (
     RESULT_SCHEMA,
@@ -75,8 +76,7 @@ def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
     """Job entry: replace `video_neighbors` from the current `video_embeddings`."""
     start = time.time()
     store = TableStore(spark, cfg.storage)
-    embeddings = store.read(VIDEO_EMBEDDINGS)
-    version = embeddings.select("model_version").first()["model_version"]
+    embeddings, version = current_embeddings(store)
     lineage = Lineage.new(
         "build_neighbors",
         {"neighbors": cfg.neighbors.model_dump(), "embeddings": store.version(VIDEO_EMBEDDINGS)},

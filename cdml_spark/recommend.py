@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
+from cdml_spark.embed import current_embeddings
 from cdml_spark.loader import snapshot_files
 from cdml_spark.retrieval import blocked_top_k
 from cdml_spark.tables import USER_RECOMMENDATIONS, VIDEO_EMBEDDINGS, WATCH_EVENTS, Lineage, TableStore
@@ -41,8 +42,7 @@ def recommend(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) ->
     """Job entry: replace `user_recommendations`."""
     start = time.time()
     store = TableStore(spark, cfg.storage)
-    embeddings = store.read(VIDEO_EMBEDDINGS)
-    version = embeddings.select("model_version").first()["model_version"]
+    embeddings, version = current_embeddings(store)
     lineage = Lineage.new(
         "recommend",
         {
