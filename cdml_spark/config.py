@@ -118,6 +118,11 @@ class FeaturesConfig(_Strict):
         default_factory=dict, description="video_id / modality name -> input column (default: same name)"
     )
     text_batch_size: int = Field(default=256, ge=1)
+    genres_as_content: bool = Field(
+        default=True,
+        description="MovieLens: genres in the text sentence, the meta multi-hot and the KG tokens "
+        "(the evaluation turns this off so that genre classification is not read off the inputs)",
+    )
     frames: FramesConfig
     synthetic: SyntheticFeaturesConfig = SyntheticFeaturesConfig()
 
@@ -201,6 +206,27 @@ class RecommendConfig(_Strict):
     k: int = Field(ge=1)
 
 
+class EvaluationConfig(_Strict):
+    datasets: list[Literal["movielens-1m", "movielens-100k", "synthetic"]] = Field(
+        min_length=1, description="Each is evaluated in its own workspace (events.source values)"
+    )
+    workspace: str = Field(description="Per dataset: <workspace>/<dataset>/{tables,models,checkpoints}")
+    report_dir: str = Field(description="report.md and its PNG plots")
+    test_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Per user, this share of the most recent distinct watches is held out",
+    )
+    min_test_items: int = Field(default=10, ge=1, description="Users with fewer held-out items are excluded")
+    ks: list[int] = Field(default_factory=lambda: [10, 50], min_length=1, description="Retrieval cut-offs")
+    recommend_k: int = Field(default=10, ge=1)
+    gap_k: int = Field(default=20, ge=1, description="Top predictions per video pooled by GAP")
+    fusions: list[Literal["early", "late"]] = Field(default_factory=lambda: ["early", "late"], min_length=1)
+    genres_as_content: bool = Field(default=False, description="features.genres_as_content in the workspace")
+    seed: int = 0
+
+
 class AppConfig(_Strict):
     spark: SparkConfig
     storage: StorageConfig
@@ -212,6 +238,7 @@ class AppConfig(_Strict):
     embedding: EmbeddingConfig
     neighbors: NeighborsConfig
     recommend: RecommendConfig
+    evaluation: EvaluationConfig
 
 
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

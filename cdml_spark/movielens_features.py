@@ -1,8 +1,10 @@
 """MovieLens content features (trailer features are not obtainable, so content = metadata):
 - `text`: all-MiniLM-L6-v2 embedding (384-d) of "<title> (<year>) <genres>";
-- `meta`: genre multi-hot in the first slots, then (ML-100K only) its Freebase knowledge-graph
-  relations — tokens `relation=entity` shared by at least two movies (actors, directors, ...) —
-  hashed into the remaining `dim − #genres` slots.
+- `meta`: genre multi-hot in the first slots, then the release decade and (ML-100K only) its Freebase
+  knowledge-graph relations — tokens `relation=entity` shared by at least two movies (actors,
+  directors, ...) — hashed into the remaining `dim − #genres` slots.
+With `features.genres_as_content: false` no genre reaches the features (not in the sentence, no
+multi-hot, no KG genre relations), so genres can serve as held-out classification labels.
 Computed by Spark tasks (mapInPandas; one text model per Python worker), so it scales with the catalog.
 """
 
@@ -48,12 +50,15 @@ def _modality(cfg: FeaturesConfig, name: str, dim: int | None = None) -> Modalit
     return found[0]
 
 
-def kg_relations(spark: SparkSession, cache_dir: str, dataset: str) -> DataFrame:
-    """video_id, relations: KG tokens shared by >= 2 movies (ML-100K has a KG; others get none)."""
+def kg_relations(spark: SparkSession, cache_dir: str, dataset: str, genres: bool = True) -> DataFrame:
+    """video_id, relations: KG tokens shared by >= 2 movies (ML-100K has a KG; others get none);
+    `genres=False` drops the genre relations."""
     if dataset != "movielens-100k":
         return spark.createDataFrame([], "video_id string, relations array<string>")
     link = movielens_table(spark, cache_dir, dataset, "link")
     kg = movielens_table(spark, cache_dir, dataset, "kg")
+    if not genres:
+        kg = kg.where(~F.col("relation_id").contains("genre"))
     out_edges = kg.select(
         F.col("head_id").alias("entity_id"), F.concat_ws("=", "relation_id", "tail_id").alias("token")
     )
@@ -81,18 +86,34 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     feat = cfg.features
     text, meta = _modality(feat, "text", TEXT_DIM), _modality(feat, "meta")
     items = movielens_items(spark, cfg.storage.cache_dir, dataset)
-    genre_vocab = sorted(r[0] for r in items.select(F.explode("genres")).distinct().collect())
+    with_genres = feat.genres_as_content
+    genre_vocab = (
+        sorted(r[0] for r in items.select(F.explode("genres")).distinct().collect()) if with_genres else []
+    )
     if len(genre_vocab) >= meta.dim:
         raise InputSchemaError(
             f"features modality 'meta' dim {meta.dim} must exceed the {len(genre_vocab)} genres"
         )
-    rows = items.join(kg_relations(spark, cfg.storage.cache_dir, dataset), "video_id", "left")
+    relations = kg_relations(spark, cfg.storage.cache_dir, dataset, with_genres)
+    decade = F.format_string("decade=%d", (F.col("year") / 10).cast("int") * 10)
+    rows = (
+        items.join(relations, "video_id", "left")
+        .withColumn("relations", F.coalesce("relations", F.array().cast("array<string>")))
+        .withColumn(
+            "relations",
+            F.when(F.col("year").isNull(), F.col("relations")).otherwise(
+                F.array_union("relations", F.array(decade))
+            ),
+        )
+    )
     path, batch_size = model_dir(cfg.storage.cache_dir), feat.text_batch_size
 
     def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for b in batches:
             sentences = [
-                f"{t} ({y}) {' '.join(g)}" if pd.notna(y) else f"{t} {' '.join(g)}"
+                " ".join([t, f"({y:.0f})" if pd.notna(y) else "", *(g if with_genres else [])]).replace(
+                    "  ", " "
+                )
                 for t, y, g in zip(b["title"], b["year"], b["genres"], strict=False)
             ]
             yield pd.DataFrame(
@@ -100,7 +121,12 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
                     "video_id": b["video_id"],
                     text.name: list(encode(sentences, path, batch_size)),
                     meta.name: list(
-                        meta_vectors(list(b["genres"]), list(b["relations"]), genre_vocab, meta.dim)
+                        meta_vectors(
+                            list(b["genres"]) if with_genres else [[]] * len(b),
+                            list(b["relations"]),
+                            genre_vocab,
+                            meta.dim,
+                        )
                     ),
                 }
             )

@@ -217,6 +217,28 @@ USER_RECOMMENDATIONS = TableSpec(
     ),
 )
 
+EVAL_METRICS = TableSpec(
+    "eval_metrics",
+    "Offline evaluation (jobs/evaluate.py): retrieval, recommendation and genre classification "
+    "metrics of CDML and baselines per dataset; definitions in cdml_spark/metrics.py.",
+    (
+        _field("model_version", T.StringType(), "CDML model evaluated (null for baselines)"),
+        _field("dataset", T.StringType(), "events.source evaluated, e.g. movielens-1m", False),
+        _field("task", T.StringType(), "retrieval, recommendation or classification", False),
+        _field(
+            "method",
+            T.StringType(),
+            "random, popularity, raw_features, cooccurrence_cf, cdml_early, ...",
+            False,
+        ),
+        _field("item_split", T.StringType(), "warm or cold (queries / candidates, see README), all", False),
+        _field("metric", T.StringType(), "ndcg, map, recall, gap", False),
+        _field("k", T.IntegerType(), "Cut-off; null = none (classification MAP)"),
+        _field("value", T.DoubleType(), "Metric value", False),
+        _field("support", T.LongType(), "Queries, users or videos averaged over", False),
+    ),
+)
+
 ALL_TABLE_NAMES = (
     "watch_events",
     "watch_events_quarantine",
@@ -230,6 +252,7 @@ ALL_TABLE_NAMES = (
     "video_embeddings",
     "video_neighbors",
     "user_recommendations",
+    "eval_metrics",
 )
 
 

@@ -24,7 +24,10 @@ def model_dir(cache_dir: str) -> str:
 def _load(path: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
     from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(1)  # Spark runs one task per core; more threads per task oversubscribe (2x slower)
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True).eval()

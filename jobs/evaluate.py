@@ -1,0 +1,11 @@
+"""spark-submit jobs/evaluate.py --config conf/local.yaml
+
+Evaluates CDML (early and late fusion) against random, popularity, raw-feature and co-occurrence CF
+baselines on retrieval, recommendation and genre classification for every `evaluation.datasets`
+entry; writes `eval_metrics` and `<evaluation.report_dir>/report.md`."""
+
+from cdml_spark.cli import run_job
+from cdml_spark.evaluation import evaluate
+
+if __name__ == "__main__":
+    run_job(__doc__, evaluate)
