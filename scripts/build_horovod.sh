@@ -33,7 +33,8 @@ done
 
 TORCH_VER=$("$PY" -c 'import torch; print(torch.__version__)')
 PY_TAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-PATCH_HASH=$(sha256sum "$PATCH" | cut -c1-8)
+# key on the diff itself (from the first "diff --git" on), so editing the header comment does not rebuild
+PATCH_HASH=$(sed -n '/^diff --git/,$p' "$PATCH" | sha256sum | cut -c1-8)
 WHEEL_DIR="$CACHE/wheels/horovod-built/torch-$TORCH_VER-$PATCH_HASH"
 log "python=$PY torch=$TORCH_VER wheel cache=$WHEEL_DIR"
 
