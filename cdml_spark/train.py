@@ -9,10 +9,12 @@ optimizer, epoch, step) to `<checkpoint_dir>/last.pt`; `--resume` continues from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -44,6 +46,9 @@ class TrainPlan:
     checkpoint_path: str
     resume: bool
     features: FeatureTable | None = None
+    backend: str = (
+        "torch"  # torch: DDP under TorchDistributor; horovod: horovod.torch under horovod.spark.run
+    )
 
 
 def _to_torch(batch: dict[str, np.ndarray], names: list[str], device):
@@ -78,20 +83,81 @@ def _batches(plan: TrainPlan, files: list[str], rank: int, world: int, epoch: in
     )
 
 
+class _TorchDDP:
+    """torch.distributed (gloo on CPU, NCCL on GPUs) + DDP; `Join` lets ranks have unequal batch counts."""
+
+    def __init__(self, use_cuda: bool):
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        self.rank, self.world, self.local_rank = (
+            dist.get_rank(),
+            dist.get_world_size(),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+    def wrap(self, net, optimizer):
+        import torch
+
+        return torch.nn.parallel.DistributedDataParallel(net), optimizer  # DDP broadcasts rank 0's parameters
+
+    def all_sum(self, tensor):
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor)
+        return tensor
+
+    def epoch(self, model):
+        from torch.distributed.algorithms.join import Join
+
+        return Join([model])
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class _Horovod:
+    """horovod.torch: DistributedOptimizer averages gradients (gloo on CPU); rank 0's parameters and
+    optimizer state are broadcast at the start; `hvd.join()` lets ranks have unequal batch counts."""
+
+    def __init__(self, use_cuda: bool):
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd, self.rank, self.world, self.local_rank = hvd, hvd.rank(), hvd.size(), hvd.local_rank()
+
+    def wrap(self, net, optimizer):
+        self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        return net, self.hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
+
+    def all_sum(self, tensor):
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum)
+
+    @contextmanager
+    def epoch(self, model):
+        yield
+        self.hvd.join()  # answers the other ranks' allreduces until every rank is done
+
+    def close(self) -> None:
+        self.hvd.join()
+
+
 def train_worker(plan: TrainPlan) -> dict | None:
     """Runs in every training process. Rank 0's checkpoint after the last epoch is the result."""
     import torch
-    import torch.distributed as dist
-    from torch.distributed.algorithms.join import Join
     from tqdm import tqdm
 
     from cdml_spark.losses import semi_hard_negatives, triplet_loss
     from cdml_spark.model import CDMLNet
 
     use_cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    backend = _Horovod(use_cuda) if plan.backend == "horovod" else _TorchDDP(use_cuda)
+    rank, world = backend.rank, backend.world
+    device = torch.device("cuda", backend.local_rank) if use_cuda else torch.device("cpu")
     torch.manual_seed(plan.seed)
     names = list(plan.spec.modality_dims)
     net = CDMLNet(plan.spec).to(device)
@@ -104,12 +170,10 @@ def train_worker(plan: TrainPlan) -> dict | None:
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         if rank == 0:
             print(f"resumed from {plan.checkpoint_path}: epoch {start_epoch}, step {step}", flush=True)
-    model = torch.nn.parallel.DistributedDataParallel(net)  # broadcasts rank 0's parameters
+    model, optimizer = backend.wrap(net, optimizer)
 
     def all_sum(values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return backend.all_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
     for epoch in range(start_epoch, plan.epochs):
         model.train()
@@ -117,7 +181,7 @@ def train_worker(plan: TrainPlan) -> dict | None:
         progress = tqdm(
             desc=f"epoch {epoch + 1}/{plan.epochs}", unit="triplet", disable=rank != 0, mininterval=2
         )
-        with Join([model]):  # ranks may get unequal numbers of batches
+        with backend.epoch(model):  # ranks may get unequal numbers of batches
             for batch in _batches(plan, plan.train_files, rank, world, epoch):
                 inputs, keys = _to_torch(batch, names, device)
                 anchor, positive, negative = _embed_triplet(model, inputs, names)
@@ -159,13 +223,9 @@ def train_worker(plan: TrainPlan) -> dict | None:
             state = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
             torch.save({**state, "step": step, "history": history}, tmp)
             os.replace(tmp, plan.checkpoint_path)
-    result = (
-        {"history": history, "state_dict": {k: v.cpu() for k, v in net.state_dict().items()}}
-        if rank == 0
-        else None
-    )
-    dist.barrier()
-    dist.destroy_process_group()
+    digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in net.state_dict().values()))
+    result = {"rank": rank, "param_digest": digest.hexdigest()}
+    backend.close()
     return result
 
 
@@ -241,10 +301,31 @@ def _log_mlflow(
         mlflow.log_artifacts(artifact_dir, artifact_path="model")
 
 
-def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume: bool = False) -> dict:
-    """Job entry: train on the current `triplets` snapshot with TorchDistributor; write the artifact."""
-    import torch
+def launch(plan: TrainPlan, tc, use_gpu: bool) -> list[dict]:
+    """Run `train_worker` in `tc.num_processes` processes: TorchDistributor (torch; returns rank 0's
+    result) or horovod.spark.run (horovod: one Spark task per process over gloo; every rank's result)."""
+    if plan.backend == "horovod":
+        import horovod.spark
+
+        return horovod.spark.run(
+            train_worker, args=(plan,), num_proc=tc.num_processes, use_gloo=True, use_mpi=False
+        )
     from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(num_processes=tc.num_processes, local_mode=tc.local_mode, use_gpu=use_gpu)
+    return [distributor.run(train_worker, plan)]
+
+
+def train(
+    spark: SparkSession,
+    cfg: AppConfig,
+    run_id: str | None = None,
+    resume: bool = False,
+    backend: str = "torch",
+) -> dict:
+    """Job entry: train on the current `triplets` snapshot with TorchDistributor (DDP) or Horovod;
+    write the artifact."""
+    import torch
 
     from cdml_spark.model import CDMLNet, save_model
 
@@ -283,11 +364,13 @@ def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume
         checkpoint_path=os.path.abspath(os.path.join(tc.checkpoint_dir, "last.pt")),
         resume=resume,
         features=None if materialized else _features_in_memory(spark, store, cfg),
+        backend=backend,
     )
     use_gpu = torch.cuda.is_available() if tc.use_gpu == "auto" else tc.use_gpu == "true"
     log.info(
-        "train: %s, triplets v%s (%d train / %d validation files, %s), %d processes, local_mode=%s, gpu=%s",
+        "train: %s, backend %s, triplets v%s (%d train / %d validation files, %s), %d processes, local_mode=%s, gpu=%s",
         model_version,
+        backend,
         store.version(table),
         len(plan.train_files),
         len(plan.validation_files),
@@ -299,9 +382,10 @@ def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume
     started = time.time()
     if not resume and os.path.exists(plan.checkpoint_path):
         os.remove(plan.checkpoint_path)
-    TorchDistributor(num_processes=tc.num_processes, local_mode=tc.local_mode, use_gpu=use_gpu).run(
-        train_worker, plan
-    )
+    ranks = launch(plan, tc, use_gpu)
+    digests = sorted({r["param_digest"] for r in ranks})
+    if len(digests) != 1:
+        raise RuntimeError(f"training ranks ended with different parameters: {ranks}")
     # the final checkpoint is the result (checkpoint_dir must be shared storage in barrier mode)
     result = torch.load(plan.checkpoint_path, map_location="cpu")
     net = CDMLNet(plan.spec)
@@ -314,6 +398,8 @@ def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume
         "triplets_version": store.version(table),
         "history": result["history"],
         "seconds": time.time() - started,
+        "backend": backend,
+        "rank_param_digests": [r["param_digest"] for r in ranks],
     }
     save_model(net, artifact, extra=info)
     plot_history(result["history"], os.path.join(artifact, "training.png"))
@@ -329,6 +415,7 @@ def train(spark: SparkSession, cfg: AppConfig, run_id: str | None = None, resume
                 "batch_size": tc.batch_size,
                 "semi_hard": tc.semi_hard,
                 "lr": tc.learning_rate,
+                "backend": backend,
             },
             result["history"],
             artifact,

@@ -1,7 +1,7 @@
-"""spark-submit jobs/train.py --config conf/local.yaml [--backend torch] [--resume] [--set training.fusion=late]
+"""spark-submit jobs/train.py --config conf/local.yaml [--backend torch|horovod] [--resume] [--set training.fusion=late]
 
 Trains the CDML embedding on the current `triplets` snapshot (Petastorm → PyTorch DDP under
-TorchDistributor) and writes the model artifact to <training.model_dir>/<model_version>/."""
+TorchDistributor, or Horovod under horovod.spark.run) and writes the model artifact to <training.model_dir>/<model_version>/."""
 
 import argparse
 
@@ -10,14 +10,19 @@ from cdml_spark.train import train
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=["torch"], default="torch", help="torch: TorchDistributor (DDP)")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "horovod"],
+        default="torch",
+        help="torch: TorchDistributor (DDP); horovod: horovod.spark.run (needs scripts/build_horovod.sh)",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from <training.checkpoint_dir>/last.pt"
     )
 
 
 def _train(spark, cfg, run_id=None, backend="torch", resume=False):
-    return train(spark, cfg, run_id=run_id, resume=resume)
+    return train(spark, cfg, run_id=run_id, resume=resume, backend=backend)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,26 @@ def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline):
     assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
     assert resumed[:3] == history  # restored from the checkpoint, not retrained
     assert resumed[3]["step"] > history[2]["step"]
+
+
+def test_horovod_training_learns_and_ranks_agree(spark, pipeline, tmp_path):
+    """Horovod (built by scripts/build_horovod.sh): 2 processes as Spark tasks, gloo allreduce."""
+    training = pipeline.training.model_copy(
+        update={
+            "model_dir": str(tmp_path / "models"),
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "mlflow": pipeline.training.mlflow.model_copy(update={"enabled": False}),
+        }
+    )
+    info = train(spark, pipeline.model_copy(update={"training": training}), backend="horovod")
+    assert info["backend"] == "horovod"
+    assert len(info["rank_param_digests"]) == 2 and len(set(info["rank_param_digests"])) == 1
+    history = info["history"]
+    assert history[-1]["val_accuracy"] > 0.8, history
+    train_rows = (
+        TableStore(spark, pipeline.storage)
+        .read(triplets_spec(pipeline.features.modalities, materialize=True))
+        .where("split = 'train'")
+        .count()
+    )
+    assert history[-1]["train_triplets"] == train_rows  # hvd.join: uneven shards, every row seen once
