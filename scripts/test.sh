@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-.venv/bin/ruff check cdml_spark jobs tests benchmarks
-.venv/bin/ruff format --check cdml_spark jobs tests benchmarks
+.venv/bin/ruff check cdml_spark jobs tests benchmarks notebooks
+.venv/bin/ruff format --check cdml_spark jobs tests benchmarks notebooks
 exec .venv/bin/python -m pytest "$@"

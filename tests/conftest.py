@@ -5,13 +5,20 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from cdml_spark.config import AppConfig, load_config
+from cdml_spark.embed import embed_catalog
 from cdml_spark.events import run_ingest
 from cdml_spark.features import ingest_features
 from cdml_spark.graph import build_graph
+from cdml_spark.model import CDMLNet, ModelSpec, save_model
+from cdml_spark.neighbors import build_neighbors
+from cdml_spark.recommend import recommend
 from cdml_spark.spark import get_spark
+from cdml_spark.tables import VIDEO_EMBEDDINGS, TableStore
 from cdml_spark.triplets import make_triplets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +98,31 @@ def pipeline(spark, tmp_path_factory):
     ingest_features(spark, cfg)
     make_triplets(spark, cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def served(spark, pipeline, tmp_path_factory):
+    """An (untrained but real) model artifact, embedded catalog and exact neighbours."""
+    models = tmp_path_factory.mktemp("served-models")
+    torch.manual_seed(0)
+    save_model(CDMLNet(ModelSpec({"vis": 4, "aud": 3}, hidden=[8], embedding_dim=6)), str(models / "test-v1"))
+    cfg = pipeline.model_copy(
+        update={
+            "training": pipeline.training.model_copy(update={"model_dir": str(models)}),
+            "embedding": pipeline.embedding.model_copy(update={"model_version": "test-v1"}),
+            "neighbors": pipeline.neighbors.model_copy(update={"k": 5, "block_size": 37}),
+            "recommend": pipeline.recommend.model_copy(update={"history": 3, "k": 4}),
+        }
+    )
+    embed_catalog(spark, cfg)
+    build_neighbors(spark, cfg)
+    recommend(spark, cfg)
+    store = TableStore(spark, cfg.storage)
+    emb = store.read(VIDEO_EMBEDDINGS).toPandas().sort_values("video_id")
+    return (
+        cfg,
+        store,
+        list(emb["video_id"]),
+        np.stack(emb["embedding"]).astype(np.float64),
+        models / "test-v1",
+    )

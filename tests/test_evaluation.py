@@ -16,6 +16,7 @@ from cdml_spark.evaluation import evaluate, time_split
 from cdml_spark.tables import EVAL_METRICS, TableStore
 
 from .conftest import SMALL, make_config
+from .test_notebooks import NOTEBOOK_DIR, run_notebook
 
 
 def test_time_split_matches_python(spark):
@@ -88,7 +89,7 @@ def test_recommendation_by_hand():
     assert value[("raw_features", "cold", "ndcg")] == 1.0  # the only cold candidate is relevant
 
 
-def test_evaluate_job_on_synthetic(spark, tmp_path):
+def test_evaluate_job_on_synthetic(spark, tmp_path, monkeypatch, capsys):
     cfg = make_config(
         tmp_path / "tables",
         *SMALL,
@@ -128,3 +129,5 @@ def test_evaluate_job_on_synthetic(spark, tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| cdml_late |" in report and os.path.exists(tmp_path / "report" / "synthetic_retrieval.png")
     assert len(list((tmp_path / "mlruns").glob("*/*/artifacts/report/report.md"))) == 1
+    run_notebook(NOTEBOOK_DIR / "04_evaluation.py", cfg, tmp_path, monkeypatch)
+    assert "| cdml_early |" in capsys.readouterr().out

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cdml_spark.embed import embed_catalog
-from cdml_spark.model import CDMLNet, ModelSpec, load_model, save_model
+from cdml_spark.model import load_model
 from cdml_spark.neighbors import build_neighbors
-from cdml_spark.recommend import recommend
 from cdml_spark.retrieval import recall_at_k
 from cdml_spark.sql_queries import render, run_sql_file
 from cdml_spark.tables import (
@@ -27,34 +25,6 @@ def numpy_top_k(matrix, ids, query, k, exclude):
     scores = matrix @ query
     order = sorted((i for i in range(len(ids)) if ids[i] not in exclude), key=lambda i: (-scores[i], ids[i]))
     return [ids[i] for i in order[:k]], [scores[i] for i in order[:k]]
-
-
-@pytest.fixture(scope="module")
-def served(spark, pipeline, tmp_path_factory):
-    """An (untrained but real) model artifact, embedded catalog and exact neighbours."""
-    models = tmp_path_factory.mktemp("served-models")
-    torch.manual_seed(0)
-    save_model(CDMLNet(ModelSpec({"vis": 4, "aud": 3}, hidden=[8], embedding_dim=6)), str(models / "test-v1"))
-    cfg = pipeline.model_copy(
-        update={
-            "training": pipeline.training.model_copy(update={"model_dir": str(models)}),
-            "embedding": pipeline.embedding.model_copy(update={"model_version": "test-v1"}),
-            "neighbors": pipeline.neighbors.model_copy(update={"k": 5, "block_size": 37}),
-            "recommend": pipeline.recommend.model_copy(update={"history": 3, "k": 4}),
-        }
-    )
-    embed_catalog(spark, cfg)
-    build_neighbors(spark, cfg)
-    recommend(spark, cfg)
-    store = TableStore(spark, cfg.storage)
-    emb = store.read(VIDEO_EMBEDDINGS).toPandas().sort_values("video_id")
-    return (
-        cfg,
-        store,
-        list(emb["video_id"]),
-        np.stack(emb["embedding"]).astype(np.float64),
-        models / "test-v1",
-    )
 
 
 def test_embeddings_equal_direct_inference(spark, served):
