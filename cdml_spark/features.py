@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -92,6 +93,9 @@ def write_features(
 ) -> dict:
     """Validate `source` and replace `video_features` and its quarantine; returns counts."""
     start = time.time()
+    source = source.persist(
+        StorageLevel.MEMORY_AND_DISK
+    )  # computed once (text encoding is costly), read twice
     valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
     if upstream_quarantine is not None:
         quarantine = quarantine.unionByName(upstream_quarantine)
@@ -105,6 +109,7 @@ def write_features(
         r["reason"]: r["count"]
         for r in store.read(VIDEO_FEATURES_QUARANTINE).groupBy("reason").count().collect()
     }
+    source.unpersist()
     seconds = time.time() - start
     log.info(
         "features: %s videos written (%s), quarantined %s %s in %.1fs (%.0f videos/s)",

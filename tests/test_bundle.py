@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
+from databricks.bundles.jobs import Job
 
 from cdml_spark.config import load_config
 
@@ -26,6 +30,10 @@ def bundle_jobs() -> dict:
 
 def test_pipeline_job_is_a_valid_dag_of_existing_scripts():
     ((source, job),) = bundle_jobs().values()
+    parsed = Job.from_dict(job)  # the bundle schema (databricks-bundles): unknown fields raise
+    assert [t.task_key for t in parsed.tasks] == [t["task_key"] for t in job["tasks"]]
+    with pytest.raises(ValueError, match="python_fil"):
+        Job.from_dict({**job, "tasks": [{"task_key": "x", "spark_python_task": {"python_fil": "a.py"}}]})
     tasks = {t["task_key"]: t for t in job["tasks"]}
     assert len(tasks) == len(job["tasks"])  # unique keys
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
@@ -58,6 +66,7 @@ def test_pipeline_job_is_a_valid_dag_of_existing_scripts():
         < order.index("train")
     )
     assert order.index("train") < order.index("embed_catalog") < order.index("build_neighbors")
+    assert order[-1] == "evaluate"
     assert clusters[tasks["train"]["job_cluster_key"]]["spark_version"].startswith("15.4.x-gpu-ml")
 
 
@@ -65,3 +74,15 @@ def test_databricks_config_targets_unity_catalog():
     cfg = load_config(ROOT / "conf" / "databricks.yaml")
     assert cfg.storage.tables_root is None and cfg.storage.database.count(".") == 1
     assert cfg.training.model_dir.startswith("/Volumes/") and not cfg.training.local_mode
+
+
+def test_wheel_leaves_the_runtime_stack_alone():
+    """The bundle installs the project wheel on DBR 15.4 ML: its unconditional requirements (the wheel's
+    Requires-Dist without an extra) must not name a package the runtime ships, or pip would re-resolve
+    pyspark/torch over the runtime's own."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in project["dependencies"]}
+    runtime = {"pyspark", "torch", "petastorm", "pyarrow", "numpy", "pandas", "delta-spark", "mlflow-skinny"}
+    assert names and not names & runtime
+    local = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in project["optional-dependencies"]["local"]}
+    assert runtime <= local  # elsewhere, `pip install .[local]` brings the stack
