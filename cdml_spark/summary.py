@@ -15,6 +15,7 @@ from cdml_spark.config import AppConfig
 from cdml_spark.tables import (
     ALL_TABLE_NAMES,
     COWATCH_EDGES,
+    EVAL_METRICS,
     VIDEO_METADATA,
     VIDEO_NEIGHBORS,
     VIDEO_SPLITS,
@@ -73,6 +74,8 @@ def summary(
             history = json.load(handle).get("history", [])
         accuracy = ", ".join(f"{h['val_accuracy']:.3f}" for h in history)
         lines.append(f"model {version}: validation triplet accuracy by epoch {accuracy}")
+    if store.exists(EVAL_METRICS):
+        lines += _evaluation(store)
     if not store.exists(VIDEO_STATS):
         return _emit(lines)
     popular = [
@@ -89,6 +92,43 @@ def summary(
             lines.append("a video nobody watched, by CDML embedding:")
             lines += _neighbours(store, VIDEO_NEIGHBORS, [cold[0]["video_id"]], top)
     return _emit(lines)
+
+
+METHOD_ORDER = [
+    "random",
+    "popularity",
+    "genre_prior",
+    "cooccurrence_cf",
+    "raw_features",
+    "cdml_early",
+    "cdml_late",
+]
+HEADLINE = [  # (task, metric, k, item_split) columns of the summary's evaluation table
+    ("retrieval", "ndcg", 10, "warm"),
+    ("retrieval", "ndcg", 10, "cold"),
+    ("recommendation", "ndcg", 10, "all"),
+    ("recommendation", "ndcg", 10, "cold"),
+    ("classification", "gap", 20, "cold"),
+]
+
+
+def _evaluation(store: TableStore) -> list[str]:
+    """Headline metrics per dataset and method from `eval_metrics` (the full table: the report)."""
+    rows = store.read(EVAL_METRICS).collect()
+    value = {
+        (r["dataset"], r["method"], r["task"], r["metric"], r["k"], r["item_split"]): r["value"] for r in rows
+    }
+    header = ["retr ndcg@10 warm", "retr ndcg@10 cold", "rec ndcg@10 all", "rec ndcg@10 cold", "genre gap@20"]
+    lines = [f"evaluation ({store.qualified(EVAL_METRICS)}, run {rows[0]['run_id'] if rows else '-'}):"]
+    for dataset in sorted({r["dataset"] for r in rows}):
+        lines.append(f"  {dataset:<18}" + "".join(f"{h:>19}" for h in header))
+        methods = {r["method"] for r in rows if r["dataset"] == dataset}
+        for method in sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m)):
+            cells = [value.get((dataset, method, *c)) for c in HEADLINE]
+            lines.append(
+                f"    {method:<16}" + "".join(f"{'—' if v is None else f'{v:.4f}':>19}" for v in cells)
+            )
+    return lines
 
 
 def _emit(lines: list[str]) -> str:
