@@ -48,6 +48,7 @@ def plot_task(table: pd.DataFrame, title: str, path: str) -> None:
     table.T.plot.bar(ax=ax, width=0.8)
     ax.set_title(title)
     ax.set_ylabel("value")
+    ax.set_xlabel("")
     ax.tick_params(axis="x", labelrotation=30)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
