@@ -27,12 +27,36 @@ Scorer = Callable[[list[np.ndarray]], np.ndarray]  # item-index groups (1 per qu
 CHUNK = 512
 
 
+@dataclass(frozen=True)
+class Graph:
+    """Sparse rows (CSR) of the training co-watch graph: row i = scores of i's neighbours."""
+
+    size: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def from_edges(cls, size: int, rows: np.ndarray, cols: np.ndarray, scores: np.ndarray) -> Graph:
+        order = np.argsort(rows, kind="stable")
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=size))])
+        return cls(size, indptr, cols[order].astype(int), scores[order].astype(np.float64))
+
+    def row_sum(self, items: np.ndarray) -> np.ndarray:
+        """Dense [size] sum of the rows of `items`."""
+        out = np.zeros(self.size)
+        for i in items:
+            lo, hi = self.indptr[i], self.indptr[i + 1]
+            np.add.at(out, self.indices[lo:hi], self.scores[lo:hi])
+        return out
+
+
 @dataclass
 class Catalog:
     ids: np.ndarray  # [N] video ids
     split: np.ndarray  # [N] train / validation / cold_test
     popularity: np.ndarray  # [N] training-period distinct users
-    graph: np.ndarray  # [N, N] training co-watch score, 0 = no edge
+    graph: Graph  # training co-watch scores
     raw: np.ndarray  # [N, D] unit-norm concatenated content features
     genres: list[list[str]] = field(default_factory=list)
 
@@ -63,8 +87,7 @@ def scorers(catalog: Catalog, vectors: dict[str, np.ndarray], seed: int) -> dict
     out: dict[str, Scorer] = {
         "random": lambda groups: rng.random((len(groups), catalog.size)),
         "popularity": lambda groups: np.tile(catalog.popularity.astype(float), (len(groups), 1)),
-        "cooccurrence_cf": lambda groups: np.stack([catalog.graph[g].sum(axis=0) for g in groups])
-        + tie_break,
+        "cooccurrence_cf": lambda groups: np.stack([catalog.graph.row_sum(g) for g in groups]) + tie_break,
         "raw_features": vector_scorer(catalog.raw),
     }
     out.update({name: vector_scorer(matrix) for name, matrix in vectors.items()})
@@ -104,10 +127,12 @@ def retrieval(
     catalog: Catalog, methods: dict[str, Scorer], relevant: dict[int, set[int]], ks: list[int]
 ) -> list[MetricRow]:
     """Query = a video with ≥ 1 held-out co-watch neighbour; candidates = the whole catalog but the
-    query. Reported separately for warm queries (split train) and cold ones (split cold_test)."""
+    query. Reported separately for warm queries (split train, watched in the training period) and
+    cold ones (split cold_test)."""
     rows = []
-    for item_split, split_name in (("warm", "train"), ("cold", "cold_test")):
-        queries = [q for q in sorted(relevant) if catalog.split[q] == split_name]
+    warm = (catalog.split == "train") & (catalog.popularity > 0)
+    for item_split, members in (("warm", warm), ("cold", catalog.split == "cold_test")):
+        queries = [q for q in sorted(relevant) if members[q]]
         if not queries:
             continue
         metrics = [(m, k) for k in ks for m in ("ndcg", "map")]

@@ -3,7 +3,7 @@ pipeline in a workspace of its own on the *training period* only, then score CDM
 what happened later. Protocol:
 
 1. Time split: per user, the latest ⌊test_fraction · n⌋ of their n distinct videos (by last watch
-   time, ties by video id) are held out; everything earlier is the training period. Cold-test videos
+   time, ties by a hash of user and video) are held out; everything earlier is the training period. Cold-test videos
    (the triplet split's hash rule) lose all their training-period watches, so they are truly cold:
    no co-watch edges, no popularity, no triplets — only content features.
 2. The training-period events go through ingest → build_graph → ingest_features (genres kept out of
@@ -93,6 +93,8 @@ def workspace_config(cfg: AppConfig, dataset: str) -> AppConfig:
             "storage": storage,
             "events": cfg.events.model_copy(update={"source": dataset}),
             "features": features,
+            # a previous model's neighbours were trained on the held-out period too: no hard negatives
+            "triplets": cfg.triplets.model_copy(update={"hard_negatives_from": None}),
             "training": training,
         }
     )
@@ -100,7 +102,7 @@ def workspace_config(cfg: AppConfig, dataset: str) -> AppConfig:
 
 def time_split(events: DataFrame, test_fraction: float, triplets: TripletsConfig) -> DataFrame:
     """user_id, video_id, last_ts, held_out (per user, the latest ⌊test_fraction · n⌋ of n distinct
-    videos), cold (the video's triplet split is cold_test)."""
+    videos by last watch, ties in hash order), cold (the video's triplet split is cold_test)."""
     latest = events.groupBy("user_id", "video_id").agg(F.max("event_ts").alias("last_ts"))
     videos = assign_splits(
         latest.select("video_id").distinct(),
@@ -108,7 +110,9 @@ def time_split(events: DataFrame, test_fraction: float, triplets: TripletsConfig
         read_holdout(latest.sparkSession, triplets.holdout_path),
     )
     latest = latest.join(videos.select("video_id", (F.col("split") == "cold_test").alias("cold")), "video_id")
-    recency = Window.partitionBy("user_id").orderBy(F.desc("last_ts"), F.desc("video_id"))
+    # same-second ties (frequent in MovieLens) broken by a hash, not by id order
+    tie = F.xxhash64("user_id", "video_id")
+    recency = Window.partitionBy("user_id").orderBy(F.desc("last_ts"), F.desc(tie))
     return (
         latest.withColumn("_rank", F.row_number().over(recency))
         .withColumn("_n", F.count(F.lit(1)).over(Window.partitionBy("user_id")))
@@ -172,8 +176,8 @@ def held_out_neighbours(
 
 
 def load_users(split: DataFrame, index: dict[str, int], history: int, min_test_items: int) -> Users:
-    """Users with ≥ min_test_items held-out catalog videos: profile, training watches (cold videos'
-    dropped), held-out set."""
+    """Users with ≥ min_test_items held-out catalog videos: profile (latest training-period watches
+    of non-cold videos), every earlier watch (never recommended, cold ones included), held-out set."""
     per_user = (
         split.groupBy("user_id")
         .agg(
@@ -186,15 +190,13 @@ def load_users(split: DataFrame, index: dict[str, int], history: int, min_test_i
     )
     users = Users([], [], [])
     for watches in per_user["watches"]:
-        train = [
-            index[w["video_id"]]
-            for w in watches
-            if not (w["held_out"] or w["cold"]) and w["video_id"] in index
-        ]
-        test = {index[w["video_id"]] for w in watches if w["held_out"] and w["video_id"] in index}
+        known = [w for w in watches if w["video_id"] in index]
+        earlier = [index[w["video_id"]] for w in known if not w["held_out"]]
+        profile = [index[w["video_id"]] for w in known if not (w["held_out"] or w["cold"])]
+        test = {index[w["video_id"]] for w in known if w["held_out"]}
         if len(test) >= min_test_items:
-            users.history.append(np.array(train[:history], dtype=int))
-            users.watched.append(np.array(train, dtype=int))
+            users.history.append(np.array(profile[:history], dtype=int))
+            users.watched.append(np.array(earlier, dtype=int))
             users.test.append(test)
     return users
 

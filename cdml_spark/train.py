@@ -112,6 +112,22 @@ class _TorchDDP:
 
         return Join([model])
 
+    def gather(self, value) -> list:
+        import torch.distributed as dist
+
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def sync(self, net, optimizer, leader: int) -> None:
+        """Copy `leader`'s parameters and optimizer state to every rank."""
+        import torch.distributed as dist
+
+        states = [net.state_dict(), optimizer.state_dict()] if self.rank == leader else [None, None]
+        dist.broadcast_object_list(states, src=leader)
+        net.load_state_dict(states[0])
+        optimizer.load_state_dict(states[1])
+
     def close(self) -> None:
         import torch.distributed as dist
 
@@ -120,8 +136,8 @@ class _TorchDDP:
 
 
 class _Horovod:
-    """horovod.torch: DistributedOptimizer averages gradients (gloo on CPU); rank 0's parameters and
-    optimizer state are broadcast at the start; `hvd.join()` lets ranks have unequal batch counts."""
+    """horovod.torch: DistributedOptimizer averages gradients (gloo on CPU); rank 0's parameters are
+    broadcast at the start; `hvd.join()` lets ranks have unequal batch counts."""
 
     def __init__(self, use_cuda: bool):
         import horovod.torch as hvd
@@ -131,7 +147,8 @@ class _Horovod:
 
     def wrap(self, net, optimizer):
         self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)
-        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        if optimizer.state:  # resumed; on a fresh optimizer the broadcast would take a zero-gradient step
+            self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         return net, self.hvd.DistributedOptimizer(optimizer, named_parameters=net.named_parameters())
 
     def all_sum(self, tensor):
@@ -141,6 +158,13 @@ class _Horovod:
     def epoch(self, model):
         yield
         self.hvd.join()  # answers the other ranks' allreduces until every rank is done
+
+    def gather(self, value) -> list:
+        return self.hvd.allgather_object(value)
+
+    def sync(self, net, optimizer, leader: int) -> None:
+        self.hvd.broadcast_parameters(net.state_dict(), root_rank=leader)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=leader)
 
     def close(self) -> None:
         self.hvd.join()
@@ -201,6 +225,11 @@ def train_worker(plan: TrainPlan) -> dict | None:
                 progress.update(len(anchor) * world)
                 progress.set_postfix(loss=f"{loss.item():.4f}")
         progress.close()
+        # a rank with fewer batches skipped the last optimizer steps: copy the rank that took the most
+        batches = backend.gather(step)
+        if len(set(batches)) > 1:
+            backend.sync(net, optimizer, leader=batches.index(max(batches)))
+            step = max(batches)
         train_seen, train_loss = all_sum([seen, loss_sum])
         metrics = {
             "epoch": epoch + 1,
@@ -224,7 +253,7 @@ def train_worker(plan: TrainPlan) -> dict | None:
             torch.save({**state, "step": step, "history": history}, tmp)
             os.replace(tmp, plan.checkpoint_path)
     digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in net.state_dict().values()))
-    result = {"rank": rank, "param_digest": digest.hexdigest()}
+    result = {"param_digests": backend.gather(digest.hexdigest())}  # one per rank, every rank's view
     backend.close()
     return result
 
@@ -382,10 +411,9 @@ def train(
     started = time.time()
     if not resume and os.path.exists(plan.checkpoint_path):
         os.remove(plan.checkpoint_path)
-    ranks = launch(plan, tc, use_gpu)
-    digests = sorted({r["param_digest"] for r in ranks})
-    if len(digests) != 1:
-        raise RuntimeError(f"training ranks ended with different parameters: {ranks}")
+    digests = launch(plan, tc, use_gpu)[0]["param_digests"]
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"training ranks ended with different parameters: {digests}")
     # the final checkpoint is the result (checkpoint_dir must be shared storage in barrier mode)
     result = torch.load(plan.checkpoint_path, map_location="cpu")
     net = CDMLNet(plan.spec)
@@ -399,7 +427,7 @@ def train(
         "history": result["history"],
         "seconds": time.time() - started,
         "backend": backend,
-        "rank_param_digests": [r["param_digest"] for r in ranks],
+        "rank_param_digests": digests,
     }
     save_model(net, artifact, extra=info)
     plot_history(result["history"], os.path.join(artifact, "training.png"))
