@@ -37,6 +37,7 @@ from cdml_spark.embed import current_embeddings, embed_catalog
 from cdml_spark.eval_report import write_report
 from cdml_spark.eval_tasks import (
     Catalog,
+    Graph,
     MetricRow,
     Users,
     classification,
@@ -141,12 +142,10 @@ def load_catalog(spark: SparkSession, ecfg: AppConfig) -> Catalog:
     raw /= np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     ids = rows["video_id"].to_numpy()
     index = _index(ids)
-    graph = np.zeros((len(ids), len(ids)), dtype=np.float32)
     edges = store.read(COWATCH_EDGES).select("video_id", "neighbor_id", "score").toPandas()
     edges = edges[edges["video_id"].isin(index) & edges["neighbor_id"].isin(index)]
-    graph[edges["video_id"].map(index).to_numpy(), edges["neighbor_id"].map(index).to_numpy()] = edges[
-        "score"
-    ]
+    sources, targets = edges["video_id"].map(index).to_numpy(), edges["neighbor_id"].map(index).to_numpy()
+    graph = Graph.from_edges(len(ids), sources, targets, edges["score"].to_numpy())
     return Catalog(
         ids=ids,
         split=rows["split"].to_numpy(),
