@@ -7,8 +7,8 @@ import os
 import pandas as pd
 
 TASK_NOTES = {
-    "retrieval": "query = a video with held-out co-watch neighbours; warm = trained-on videos, cold = cold_test "
-    "videos (never in a triplet). cooccurrence_cf is undefined for cold videos (no co-watch data).",
+    "retrieval": "query = a video with held-out co-watch neighbours; warm = train-split videos watched in the "
+    "training period, cold = cold_test videos (no training-period watches, never in a triplet). cooccurrence_cf is undefined for cold videos (no co-watch data).",
     "recommendation": "users with >= min_test_items held-out videos; all = every unwatched catalog video is a "
     "candidate, cold = only cold_test videos (users with >= 1 held-out cold video).",
     "classification": "multi-label genres; one-vs-rest logistic regression fitted on train videos, scored on "
