@@ -94,6 +94,11 @@ def scorers(catalog: Catalog, vectors: dict[str, np.ndarray], seed: int) -> dict
     return out
 
 
+def _defined(method: str, item_split: str) -> bool:
+    """Co-occurrence CF is undefined for cold items: they have no co-watch data."""
+    return not (method == "cooccurrence_cf" and item_split == "cold")
+
+
 def _ranked(
     scorer: Scorer, groups: list[np.ndarray], excluded: list[np.ndarray], allowed: np.ndarray | None, k: int
 ) -> Iterator[np.ndarray]:
@@ -137,8 +142,8 @@ def retrieval(
             continue
         metrics = [(m, k) for k in ks for m in ("ndcg", "map")]
         for method, scorer in methods.items():
-            if method == "cooccurrence_cf" and item_split == "cold":
-                continue  # undefined: a cold video has no co-watch data
+            if not _defined(method, item_split):
+                continue
             groups = [np.array([q]) for q in queries]
             ranked = list(_ranked(scorer, groups, groups, None, max(ks)))
             rows += _ranking_rows(
@@ -166,7 +171,7 @@ def recommendation(catalog: Catalog, methods: dict[str, Scorer], users: Users, k
         if not keep:
             continue
         for method, scorer in methods.items():
-            if method == "cooccurrence_cf" and item_split == "cold":
+            if not _defined(method, item_split):
                 continue
             groups = [users.history[u] for u in keep]
             ranked = list(_ranked(scorer, groups, [users.watched[u] for u in keep], allowed, k))

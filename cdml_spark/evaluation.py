@@ -201,12 +201,12 @@ def load_users(split: DataFrame, index: dict[str, int], history: int, min_test_i
 
 
 def run_pipeline(
-    spark: SparkSession, ecfg: AppConfig, split: DataFrame, run_id: str
+    spark: SparkSession, ecfg: AppConfig, source: DataFrame, split: DataFrame, run_id: str
 ) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
-    """Training-period pipeline in the workspace; per fusion: method -> (model version, embeddings)."""
+    """Training-period pipeline in the workspace (`source`: the dataset's events as read); per fusion:
+    method -> (model version, embeddings)."""
     train_events = split.where(~F.col("held_out") & ~F.col("cold")).select("user_id", "video_id")
-    source = read_events_source(spark, ecfg).join(train_events, ["user_id", "video_id"], "left_semi")
-    ingest_events(spark, ecfg, source, run_id)
+    ingest_events(spark, ecfg, source.join(train_events, ["user_id", "video_id"], "left_semi"), run_id)
     build_graph(spark, ecfg, run_id)
     ingest_features(spark, ecfg, run_id)
     make_triplets(spark, ecfg, run_id)
@@ -233,11 +233,12 @@ def evaluate_dataset(
     """Metric rows (dicts with model_version and dataset) and counts for one dataset."""
     ev, started = cfg.evaluation, time.time()
     ecfg = workspace_config(cfg, dataset)
-    raw_events = validate_events(read_events_source(spark, ecfg), ecfg.events).where(F.col("reason").isNull())
+    source = read_events_source(spark, ecfg).persist()  # read (or generated) once, used three times
+    raw_events = validate_events(source, ecfg.events).where(F.col("reason").isNull())
     split = time_split(
         raw_events.select("user_id", "video_id", "event_ts"), ev.test_fraction, ecfg.triplets
     ).persist()
-    models = run_pipeline(spark, ecfg, split, run_id)
+    models = run_pipeline(spark, ecfg, source, split, run_id)
     catalog = load_catalog(spark, ecfg)
     versions = {method: version for method, (version, _) in models.items()}
     vectors = {
@@ -251,6 +252,7 @@ def evaluate_dataset(
     relevant = held_out_neighbours(held_out, ecfg, index)
     users = load_users(split, index, cfg.recommend.history, ev.min_test_items)
     split.unpersist()
+    source.unpersist()
     methods = scorers(catalog, vectors, ev.seed)
     rows: list[MetricRow] = [
         *retrieval(catalog, methods, relevant, ev.ks),

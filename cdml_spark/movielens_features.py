@@ -111,9 +111,7 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for b in batches:
             sentences = [
-                " ".join([t, f"({y:.0f})" if pd.notna(y) else "", *(g if with_genres else [])]).replace(
-                    "  ", " "
-                )
+                " ".join([t, *([f"({y:.0f})"] if pd.notna(y) else []), *(g if with_genres else [])])
                 for t, y, g in zip(b["title"], b["year"], b["genres"], strict=False)
             ]
             yield pd.DataFrame(
