@@ -1,6 +1,7 @@
 """Write the venv's `pyspark/conf/spark-defaults.conf` (so its spark-submit runs our jobs with Delta
 and the venv's Python) and a `log4j2.properties` that keeps Spark's console at WARN.
-Called by scripts/setup.sh: `python -m cdml_spark.spark_defaults JARS_DIR`."""
+Called by scripts/setup.sh: `python -m cdml_spark.spark_defaults JARS_DIR CONFIG` (the driver memory
+is the config's `spark.driver_memory`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ logger.native.level = error
 """
 
 
-def write_spark_defaults(jars_dir: str) -> Path:
+def write_spark_defaults(jars_dir: str, driver_memory: str) -> Path:
     jars = sorted(str(p) for p in Path(jars_dir).glob("delta-*.jar"))
     if not jars:
         raise SystemExit(f"no Delta jars in {jars_dir}")
@@ -32,6 +33,8 @@ def write_spark_defaults(jars_dir: str) -> Path:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.session.timeZone": "UTC",
+        # local mode runs the tasks in the driver JVM: its default 1 GiB heap spills the co-watch join
+        "spark.driver.memory": driver_memory,
         "spark.ui.showConsoleProgress": "false",
         **DELTA_CONF,
     }
@@ -45,4 +48,7 @@ def write_spark_defaults(jars_dir: str) -> Path:
 
 
 if __name__ == "__main__":
-    print(f"[setup] wrote {write_spark_defaults(sys.argv[1])}")
+    from cdml_spark.config import load_config
+
+    memory = load_config(sys.argv[2]).spark.driver_memory
+    print(f"[setup] wrote {write_spark_defaults(sys.argv[1], memory)} (driver memory {memory})")

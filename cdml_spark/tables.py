@@ -45,7 +45,6 @@ class TableSpec:
     comment: str = ""
     fields: tuple[T.StructField, ...] = ()
     partition_by: tuple[str, ...] = ()
-    optimize_write: bool = False  # bin-pack files per partition value (many small partitions)
 
     @property
     def schema(self) -> T.StructType:
@@ -60,10 +59,10 @@ WATCH_EVENTS = TableSpec(
         _field("video_id", T.StringType(), "Video id (source id as string)", False),
         _field("event_ts", T.TimestampType(), "Watch time, UTC", False),
         _field("watch_seconds", T.DoubleType(), "Seconds watched; null = unknown (e.g. MovieLens)"),
-        _field("event_date", T.DateType(), "UTC date of event_ts (partition column)", False),
+        _field("event_date", T.DateType(), "UTC date of event_ts", False),
     ),
-    partition_by=("event_date",),
-    optimize_write=True,
+    # not partitioned (Databricks: no partitions under ~1 TB; daily ones are tiny files): files are
+    # range-partitioned by event_ts, so time filters skip files by their min/max statistics
 )
 
 WATCH_EVENTS_QUARANTINE = TableSpec(
@@ -316,12 +315,12 @@ class TableStore:
 
     def version(self, spec: TableSpec) -> int:
         """Current Delta version of the table (input identity for lineage)."""
-        table = (
-            DeltaTable.forPath(self.spark, self.path(spec))
-            if self.local
-            else (DeltaTable.forName(self.spark, self.qualified(spec)))
-        )
-        return table.history(1).first()["version"]
+        return self._delta(spec).history(1).first()["version"]
+
+    def _delta(self, spec: TableSpec) -> DeltaTable:
+        if self.local:
+            return DeltaTable.forPath(self.spark, self.path(spec))
+        return DeltaTable.forName(self.spark, self.qualified(spec))
 
     def write(self, spec: TableSpec, df: DataFrame, lineage: Lineage) -> None:
         """Replace `spec`'s table with `df` (cast to the spec's columns, with their comments) plus lineage,
@@ -337,8 +336,6 @@ class TableStore:
         writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
         if migrate:
             writer = writer.option("overwriteSchema", "true")
-        if spec.optimize_write:  # one file per partition value instead of one per task x value
-            writer = writer.option("optimizeWrite", "true")
         if self.local:
             writer.save(self.path(spec))
         else:
@@ -350,10 +347,15 @@ class TableStore:
         data write then replaces the schema too (`overwriteSchema`, same commit)."""
         if self.exists(spec):
             current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
-            if current == [(f.name, f.dataType, f.nullable) for f in spec.schema]:
+            partitions = tuple(self._delta(spec).detail().first()["partitionColumns"])
+            if (
+                current == [(f.name, f.dataType, f.nullable) for f in spec.schema]
+                and partitions == spec.partition_by
+            ):
                 return False
             log.warning(
-                "%s: schema changed since the last write; the overwrite replaces it", self.qualified(spec)
+                "%s: schema or partitioning changed since the last write; the overwrite replaces it",
+                self.qualified(spec),
             )
             return True
         builder = DeltaTable.createIfNotExists(self.spark)

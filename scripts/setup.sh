@@ -37,7 +37,7 @@ if ! ls "$JARS"/delta-spark_2.12-*.jar >/dev/null 2>&1; then
 fi
 # make the venv's spark-submit Delta-ready (spark-defaults.conf of its pyspark), and let
 # .venv/bin/spark-submit find its Spark with the venv's Python even when the venv is not activated
-"$VENV/bin/python" -m cdml_spark.spark_defaults "$JARS"
+"$VENV/bin/python" -m cdml_spark.spark_defaults "$JARS" conf/local.yaml
 sed -i "s|PYSPARK_DRIVER_PYTHON=\"\${PYSPARK_PYTHON:-\"python3\"}\"|PYSPARK_DRIVER_PYTHON=\"\${PYSPARK_PYTHON:-\"$VENV/bin/python\"}\"|" \
   "$VENV/bin/find-spark-home"
 
