@@ -177,25 +177,23 @@ def held_out_neighbours(
 def load_users(split: DataFrame, index: dict[str, int], history: int, min_test_items: int) -> Users:
     """Users with ≥ min_test_items held-out catalog videos: profile (latest training-period watches
     of non-cold videos), every earlier watch (never recommended, cold ones included), held-out set."""
-    per_user = (
-        split.groupBy("user_id")
-        .agg(
-            F.sort_array(
-                F.collect_list(F.struct("last_ts", "video_id", "held_out", "cold")), asc=False
-            ).alias("watches")
-        )
-        .orderBy("user_id")
+    rows = (
+        split.select("user_id", "video_id", F.unix_micros("last_ts").alias("ts"), "held_out", "cold")
         .toPandas()
+        .loc[lambda df: df["video_id"].isin(index)]
+        .sort_values(["user_id", "ts", "video_id"], ascending=[True, False, False])  # latest first
     )
+    user = rows["user_id"].to_numpy()
+    item = rows["video_id"].map(index).to_numpy(dtype=int)
+    held_out, cold = rows["held_out"].to_numpy(dtype=bool), rows["cold"].to_numpy(dtype=bool)
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if len(user) else np.array([], dtype=int)
     users = Users([], [], [])
-    for watches in per_user["watches"]:
-        known = [w for w in watches if w["video_id"] in index]
-        earlier = [index[w["video_id"]] for w in known if not w["held_out"]]
-        profile = [index[w["video_id"]] for w in known if not (w["held_out"] or w["cold"])]
-        test = {index[w["video_id"]] for w in known if w["held_out"]}
+    for start, end in zip(starts, [*starts[1:], len(user)], strict=True):
+        own, test_mask = slice(start, end), held_out[start:end]
+        test = set(item[own][test_mask].tolist())
         if len(test) >= min_test_items:
-            users.history.append(np.array(profile[:history], dtype=int))
-            users.watched.append(np.array(earlier, dtype=int))
+            users.history.append(item[own][~(test_mask | cold[own])][:history])
+            users.watched.append(item[own][~test_mask])
             users.test.append(test)
     return users
 

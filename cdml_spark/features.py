@@ -42,9 +42,20 @@ def _vector_problem(col: Column, dim: int) -> Column:
     )
 
 
-def l2_normalize(col: Column) -> Column:
-    norm = F.sqrt(F.aggregate(col, F.lit(0.0), lambda acc, x: acc + x * x))
-    return F.when(norm > 0, F.transform(col, lambda x: x / norm)).otherwise(col)
+def _divide_by(norm: str):
+    return lambda x: x / F.col(norm)
+
+
+def l2_normalize(df: DataFrame, names: list[str]) -> DataFrame:
+    """Unit-length vectors in columns `names` (all-zero vectors stay as they are). Each norm is a
+    column of its own: inside the `transform` lambda it would be recomputed per element (O(d²))."""
+    squares = {n: F.aggregate(n, F.lit(0.0), lambda acc, x: acc + x * x) for n in names}
+    with_norms = df.select("*", *[F.sqrt(sq).alias(f"_norm_{n}") for n, sq in squares.items()])
+    scaled = {
+        n: F.when(F.col(f"_norm_{n}") > 0, F.transform(n, _divide_by(f"_norm_{n}"))).otherwise(F.col(n))
+        for n in names
+    }
+    return with_norms.select(*[scaled.get(c, F.col(c)).alias(c) for c in df.columns])
 
 
 def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
@@ -78,7 +89,7 @@ def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, Da
     )
     valid = checked.where(F.col("reason").isNull()).select("video_id", *names)
     if cfg.l2_normalize:
-        valid = valid.select("video_id", *[l2_normalize(F.col(n)).alias(n) for n in names])
+        valid = l2_normalize(valid, names)
     valid = valid.select("video_id", *[F.col(n).cast("array<float>").alias(n) for n in names])
     quarantine = checked.where(F.col("reason").isNotNull()).select("video_id", "reason", "modality")
     return valid, quarantine

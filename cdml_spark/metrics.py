@@ -80,7 +80,20 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def rank_items(scores: np.ndarray, k: int) -> np.ndarray:
     """Top-k column indices per row, highest score first, ties by lower index; -inf never ranked
-    (rows with fewer finite scores are padded with -1)."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    (rows with fewer finite scores are padded with -1). A partial sort picks each row's k best; rows
+    with a tie across the k-th place fall back to a full stable sort."""
+    rows, n = scores.shape
+    k = min(k, n)
+    if k == 0:
+        return np.full((rows, 0), -1, dtype=np.int64)
+    neg = -scores
+    part = np.argpartition(neg, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(neg, part, axis=1).max(axis=1, keepdims=True)
+    exact = (neg <= kth).sum(axis=1) == k  # the k chosen are the only ones at or above the k-th score
+    order = np.empty((rows, k), dtype=np.int64)
+    chosen = part[exact]
+    by_score = np.lexsort((chosen, np.take_along_axis(neg[exact], chosen, axis=1)), axis=1)
+    order[exact] = np.take_along_axis(chosen, by_score, axis=1)
+    order[~exact] = np.argsort(neg[~exact], axis=1, kind="stable")[:, :k]
     finite = np.isfinite(np.take_along_axis(scores, order, axis=1))
     return np.where(finite, order, -1)

@@ -129,4 +129,7 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
                 }
             )
 
-    return rows.mapInPandas(featurize, f"video_id string, {text.name} array<float>, {meta.name} array<float>")
+    # one task per core: each Python worker loads the text model once and encodes its share
+    return rows.repartition(spark.sparkContext.defaultParallelism).mapInPandas(
+        featurize, f"video_id string, {text.name} array<float>, {meta.name} array<float>"
+    )

@@ -58,6 +58,7 @@ def get_spark(cfg: AppConfig) -> SparkSession:
     _check_delta(spark)
     spark.conf.set("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
     spark.conf.set("spark.sql.session.timeZone", "UTC")
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")  # toPandas/createDataFrame via Arrow
     for key, value in cfg.spark.extra_conf.items():
         spark.conf.set(key, value)
     return spark

@@ -84,6 +84,7 @@ def pipeline(spark, tmp_path_factory):
         root / "tables",
         *SMALL,
         f"triplets.holdout_path={holdout}",
+        "triplets.materialize_features=true",  # the Petastorm path Databricks uses (local.yaml: ids only)
         f"training.model_dir={root / 'models'}",
         f"training.checkpoint_dir={root / 'checkpoints'}",
         f"training.mlflow.tracking_uri=file:{root / 'mlruns'}",

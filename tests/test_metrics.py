@@ -62,3 +62,17 @@ def test_classification_metrics_hand_computed():
 def test_rank_items_ties_and_exclusions():
     scores = np.array([[0.5, 0.9, 0.5, -np.inf], [-np.inf, -np.inf, 1.0, -np.inf]])
     assert rank_items(scores, 3).tolist() == [[1, 0, 2], [2, -1, -1]]
+
+
+def test_rank_items_matches_python_sort_on_tied_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(200, 30)).astype(float)  # many ties across the k-th place
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[:50] += rng.random((50, 30))  # and rows without ties
+    for k in (1, 5, 30, 40):
+        expected = [
+            [j for j in sorted(range(30), key=lambda j, row=row: (-row[j], j)) if np.isfinite(row[j])][:k]
+            for row in scores
+        ]
+        expected = [e + [-1] * (min(k, 30) - len(e)) for e in expected]
+        assert rank_items(scores, k).tolist() == expected
