@@ -332,19 +332,17 @@ class TableStore:
         out = df.select(
             *[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields, strict=False)]
         )
-        migrate = self._create_or_migrate(spec)
+        self._create_or_migrate(spec)
         writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
-        if migrate:
-            writer = writer.option("overwriteSchema", "true")
         if self.local:
             writer.save(self.path(spec))
         else:
             writer.saveAsTable(self.qualified(spec))
 
-    def _create_or_migrate(self, spec: TableSpec) -> bool:
-        """Create the empty table (schema with NOT NULLs and comments, table comment) if missing.
-        Returns True when an existing table has another schema (left by an older code version): the
-        data write then replaces the schema too (`overwriteSchema`, same commit)."""
+    def _create_or_migrate(self, spec: TableSpec) -> None:
+        """Create the empty table (schema with NOT NULLs and comments, table comment) if missing. An
+        existing table with another schema or partitioning (left by an older code version) is
+        replaced by the empty new one first (its own commit; the old data stays in the history)."""
         if self.exists(spec):
             current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
             partitions = tuple(self._delta(spec).detail().first()["partitionColumns"])
@@ -352,19 +350,19 @@ class TableStore:
                 current == [(f.name, f.dataType, f.nullable) for f in spec.schema]
                 and partitions == spec.partition_by
             ):
-                return False
+                return
             log.warning(
-                "%s: schema or partitioning changed since the last write; the overwrite replaces it",
+                "%s: schema or partitioning changed since the last write; replacing the table",
                 self.qualified(spec),
             )
-            return True
-        builder = DeltaTable.createIfNotExists(self.spark)
+            builder = DeltaTable.replace(self.spark)
+        else:
+            builder = DeltaTable.createIfNotExists(self.spark)
         # locally the table is created by path and registered by name afterwards
         builder = builder.location(self.path(spec)) if self.local else builder.tableName(self.qualified(spec))
         builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment).execute()
         if self.local:
             self._register(spec.name)
-        return False
 
     def _register_existing(self) -> None:
         for name in ALL_TABLE_NAMES:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
 from pyspark.sql import functions as F
 
 from cdml_spark.events import InputSchemaError, ingest_events, read_events_source, run_ingest
-from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, TableStore
+from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore
 
 SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
 TS = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -67,6 +68,24 @@ def test_rerun_replaces_instead_of_appending(spark, cfg_factory):
     store = TableStore(spark, cfg.storage)
     assert store.read(WATCH_EVENTS).count() == 3
     assert store.read(WATCH_EVENTS_QUARANTINE).count() == 10
+
+
+def test_table_left_by_an_older_layout_is_replaced_once(spark, cfg_factory):
+    cfg = cfg_factory()
+    store = TableStore(spark, cfg.storage)
+    older = dataclasses.replace(WATCH_EVENTS, fields=WATCH_EVENTS.fields[:4], partition_by=("user_id",))
+    store.write(older, spark.createDataFrame([("u9", "v9", TS, 1.0)], SCHEMA), Lineage.new("old", {}))
+    df = spark.createDataFrame(ROWS, SCHEMA)
+    ingest_events(spark, cfg, df)
+    ingest_events(spark, cfg, df)
+    table = store._delta(WATCH_EVENTS)
+    assert table.detail().first()["partitionColumns"] == []
+    assert [(f.name, f.nullable) for f in store.read(WATCH_EVENTS).schema] == [
+        (f.name, f.nullable) for f in WATCH_EVENTS.schema
+    ]  # NOT NULLs kept
+    operations = [r.operation for r in table.history().orderBy("version").collect()]
+    assert operations.count("REPLACE TABLE") == 1 and operations[-1] == "WRITE"
+    assert sorted(r.user_id for r in store.read(WATCH_EVENTS).collect()) == ["u1", "u1", "u2"]
 
 
 def test_string_and_numeric_inputs_are_parsed(spark, cfg_factory):
