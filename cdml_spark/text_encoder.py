@@ -35,20 +35,18 @@ def _load(path: str):
 
 
 def encode(texts: list[str], path: str, batch_size: int = 256) -> np.ndarray:
-    """(len(texts), 384) float32, unit-norm rows. Batches hold texts of similar length (less padding)."""
+    """(len(texts), 384) float32, unit-norm rows."""
     import torch
 
     tokenizer, model = _load(path)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
+    out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
-            rows = order[i : i + batch_size]
             batch = tokenizer(
-                [texts[r] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt"
+                texts[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
             )
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[rows] = torch.nn.functional.normalize(pooled, dim=1).numpy()
-    return out
+            out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, TEXT_DIM), dtype=np.float32)
