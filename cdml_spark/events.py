@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -144,8 +143,7 @@ def ingest_events(
 ) -> IngestReport:
     """Validate `source` (canonical column names) and replace `watch_events` and its quarantine."""
     start = time.time()
-    # raises before any write; parsed once, then read by both writes and the counts
-    checked = validate_events(source, cfg.events).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = validate_events(source, cfg.events)  # raises before any write
     store = TableStore(spark, cfg.storage)
     lineage = Lineage.new("ingest_events", cfg.events.model_dump(), run_id)
     valid = (
@@ -158,13 +156,12 @@ def ingest_events(
     log.info("ingest: source=%s run_id=%s", cfg.events.source, lineage.run_id)
     store.write(WATCH_EVENTS, valid, lineage)
     store.write(WATCH_EVENTS_QUARANTINE, checked.where(F.col("reason").isNotNull()), lineage)
-    input_rows = checked.count()
+    input_rows = source.count()
     written = store.read(WATCH_EVENTS).count()
     quarantined = {
         r["reason"]: r["count"]
         for r in store.read(WATCH_EVENTS_QUARANTINE).groupBy("reason").count().collect()
     }
-    checked.unpersist()
     report = IngestReport(
         input_rows=input_rows,
         quarantined=quarantined,

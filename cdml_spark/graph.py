@@ -64,11 +64,12 @@ def cowatch_counts(history: DataFrame, window_hours: float) -> DataFrame:
     The self-join and the pair aggregation run on 64-bit hash keys of the ids, not on the id strings
     (MovieLens-1M's ids are titles): half the time of the largest stage. A key collision raises."""
     window_us = int(round(window_hours * 3600 * 1_000_000))
-    videos = history.select("video_id").distinct().withColumn("key", F.xxhash64("video_id"))
+    key = F.xxhash64("video_id").alias("key")
+    videos = history.select("video_id").distinct().select("video_id", key)
     distinct = videos.agg(F.count(F.lit(1)).alias("ids"), F.countDistinct("key").alias("keys")).first()
     if distinct["ids"] != distinct["keys"]:
         raise VideoKeyCollision(f"{distinct['ids']:,} video ids map to {distinct['keys']:,} hash keys")
-    keyed = history.select("user_id", F.xxhash64("video_id").alias("key"), "ts_us")
+    keyed = history.select("user_id", key, "ts_us")
     a, b = keyed.alias("a"), keyed.alias("b")
     pairs = a.join(
         b,
