@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -161,9 +161,22 @@ class TrainingConfig(_Strict):
     embedding_dim: int = Field(default=128, ge=2)
     dropout: float = Field(default=0.1, ge=0, lt=1)
     margin: float = Field(default=0.2, ge=0, description="alpha of the triplet hinge")
-    semi_hard: bool = Field(default=True, description="Re-sample negatives semi-hard within each batch")
-    batch_size: int = Field(default=1024, ge=2, le=7200)
-    epochs: int = Field(ge=1)
+    miner: Literal["none", "semi_hard", "hardest"] = Field(
+        default="semi_hard",
+        description="In-batch negative re-picking (cdml_spark.mining); none = the triplets' own negatives",
+    )
+    pool_positives: bool = Field(
+        default=True, description="The miner's candidates include the batch's positives, not only negatives"
+    )
+    reduction: Literal["mean", "nonzero_mean"] = Field(
+        default="mean", description="Loss over the batch: mean over all triplets or over non-zero ones"
+    )
+    batch_size: int = Field(default=1024, ge=2, le=7200, description="Triplets per process and step")
+    epochs: int = Field(ge=1, description="Maximum epochs (early stopping may end sooner)")
+    patience: int = Field(
+        default=3, ge=1, description="Stop after this many epochs without a better validation NDCG"
+    )
+    validation_k: int = Field(default=10, ge=1, description="Cut-off of the per-epoch validation NDCG")
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
@@ -178,6 +191,15 @@ class TrainingConfig(_Strict):
     checkpoint_dir: str
     model_version: str | None = Field(default=None, description="Default: cdml-<fusion>-<run id>")
     mlflow: MlflowConfig
+
+    @model_validator(mode="after")
+    def _margin_with_miner(self) -> TrainingConfig:
+        if self.margin == 0 and self.miner == "semi_hard":
+            raise ValueError(
+                "training.margin = 0 with training.miner = semi_hard gives every re-picked triplet "
+                "zero loss (d(a,n) > d(a,p) by construction): set training.margin > 0, e.g. 0.1"
+            )
+        return self
 
 
 class EmbeddingConfig(_Strict):
@@ -206,6 +228,16 @@ class RecommendConfig(_Strict):
     k: int = Field(ge=1)
 
 
+class UserHoldoutConfig(_Strict):
+    """User-held-out protocol: held-out users' co-watch graph is the truth; cold videos have no
+    training event at all; genres may be content (this protocol does not score classification)."""
+
+    user_fraction: float = Field(default=0.2, gt=0, lt=1, description="Users held out (salted hash)")
+    cold_fraction: float = Field(default=0.2, gt=0, lt=1, description="Videos with no training event")
+    salt: str = "cdml-users-v1"
+    genres_as_content: bool = True
+
+
 class EvaluationConfig(_Strict):
     datasets: list[Literal["movielens-1m", "movielens-100k", "synthetic"]] = Field(
         min_length=1, description="Each is evaluated in its own workspace (events.source values)"
@@ -223,7 +255,16 @@ class EvaluationConfig(_Strict):
     recommend_k: int = Field(default=10, ge=1)
     gap_k: int = Field(default=20, ge=1, description="Top predictions per video pooled by GAP")
     fusions: list[Literal["early", "late"]] = Field(default_factory=lambda: ["early", "late"], min_length=1)
-    genres_as_content: bool = Field(default=False, description="features.genres_as_content in the workspace")
+    genres_as_content: bool = Field(
+        default=False, description="features.genres_as_content in the time-split workspace"
+    )
+    cold_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Time split: share of videos held out cold (triplets' hash rule)"
+    )
+    protocols: list[Literal["time_split", "user_holdout"]] = Field(
+        default_factory=lambda: ["time_split", "user_holdout"], min_length=1
+    )
+    user_holdout: UserHoldoutConfig = UserHoldoutConfig()
     seed: int = 0
 
 

@@ -29,15 +29,32 @@ def row_groups(files: list[str]) -> int:
     return sum(pq.ParquetFile(f.removeprefix("file:")).num_row_groups for f in files)
 
 
+class UnknownVideoKey(KeyError):
+    """A triplet names a video key that the in-memory feature table does not hold."""
+
+
 @dataclass(frozen=True)
 class FeatureTable:
-    """In-memory features for ids-only triplets: sorted keys and one matrix per modality."""
+    """In-memory features: sorted keys (xxhash64 of video_id), the ids and one matrix per modality."""
 
     keys: np.ndarray
     vectors: dict[str, np.ndarray]
+    ids: np.ndarray | None = None  # video ids in key order (for messages and validation)
+
+    def positions(self, keys: np.ndarray) -> np.ndarray:
+        """Row of each key; raises `UnknownVideoKey` naming the first key that is not in the table."""
+        idx = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        found = self.keys[idx] == keys if len(self.keys) else np.zeros(len(keys), dtype=bool)
+        if not found.all():
+            missing = int(np.asarray(keys)[~found][0])
+            raise UnknownVideoKey(
+                f"video key {missing} (xxhash64 of a video_id) is in triplets but not in video_features: "
+                "video_features changed after make_triplets; rerun make_triplets"
+            )
+        return idx
 
     def lookup(self, keys: np.ndarray) -> dict[str, np.ndarray]:
-        idx = np.searchsorted(self.keys, keys)
+        idx = self.positions(keys)
         return {name: matrix[idx] for name, matrix in self.vectors.items()}
 
 

@@ -1,6 +1,6 @@
-"""What the demo prints at the end: table sizes, quarantine counts, the model's validation
-accuracy, and "videos like X" with titles — by co-watch and, once embedded, by CDML embedding
-(including a video nobody watched)."""
+"""What the demo prints at the end: table sizes, quarantine counts, the model's validation NDCG by
+epoch, and "videos like X" with titles (the most watched videos and `FEATURED`) — by co-watch and,
+once embedded, by CDML embedding (including a video nobody watched)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import json
 import logging
 import os
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
+from cdml_spark.eval_report import headline
 from cdml_spark.tables import (
     ALL_TABLE_NAMES,
     COWATCH_EDGES,
@@ -26,6 +28,8 @@ from cdml_spark.tables import (
 )
 
 log = logging.getLogger(__name__)
+
+FEATURED = ("American Beauty (1999)",)  # shown by co-watch and by embedding when in the catalog
 
 
 def _with_titles(store: TableStore, rows: DataFrame, id_col: str) -> DataFrame:
@@ -53,7 +57,12 @@ def _neighbours(store: TableStore, table: TableSpec, video_ids: list[str], top: 
 
 
 def summary(
-    spark: SparkSession, cfg: AppConfig, run_id: str | None = None, examples: int = 3, top: int = 5
+    spark: SparkSession,
+    cfg: AppConfig,
+    run_id: str | None = None,
+    examples: int = 3,
+    top: int = 5,
+    featured: tuple[str, ...] = FEATURED,
 ) -> str:
     """Print (and return) the summary of the tables that exist."""
     store = TableStore(spark, cfg.storage)
@@ -71,9 +80,13 @@ def summary(
         with open(latest) as handle:
             version = handle.read().strip()
         with open(os.path.join(cfg.training.model_dir, version, "model.json")) as handle:
-            history = json.load(handle).get("history", [])
-        accuracy = ", ".join(f"{h['val_accuracy']:.3f}" for h in history)
-        lines.append(f"model {version}: validation triplet accuracy by epoch {accuracy}")
+            info = json.load(handle)
+        history = info.get("history", [])
+        ndcg = ", ".join(f"{h['val_ndcg']:.3f}" for h in history)
+        lines.append(
+            f"model {version}: validation NDCG@{cfg.training.validation_k} by epoch {ndcg} "
+            f"(untrained {info.get('val_ndcg_untrained', float('nan')):.3f}; kept epoch {info.get('best_epoch')})"
+        )
     if store.exists(EVAL_METRICS):
         lines += _evaluation(store)
     if not store.exists(VIDEO_STATS):
@@ -81,6 +94,9 @@ def summary(
     popular = [
         r["video_id"]
         for r in store.read(VIDEO_STATS).orderBy(F.desc("users"), "video_id").limit(examples).collect()
+    ]
+    popular += [
+        r["video_id"] for r in store.read(VIDEO_STATS).where(F.col("video_id").isin(featured)).collect()
     ]
     lines.append("by co-watch (cowatch_edges):")
     lines += _neighbours(store, COWATCH_EDGES, popular, top)
@@ -94,39 +110,18 @@ def summary(
     return _emit(lines)
 
 
-METHOD_ORDER = [
-    "random",
-    "popularity",
-    "genre_prior",
-    "cooccurrence_cf",
-    "raw_features",
-    "cdml_early",
-    "cdml_late",
-]
-HEADLINE = [  # (task, metric, k, item_split) columns of the summary's evaluation table
-    ("retrieval", "ndcg", 10, "warm"),
-    ("retrieval", "ndcg", 10, "cold"),
-    ("recommendation", "ndcg", 10, "all"),
-    ("recommendation", "ndcg", 10, "cold"),
-    ("classification", "gap", 20, "cold"),
-]
-
-
 def _evaluation(store: TableStore) -> list[str]:
-    """Headline metrics per dataset and method from `eval_metrics` (the full table: the report)."""
-    rows = store.read(EVAL_METRICS).collect()
-    value = {
-        (r["dataset"], r["method"], r["task"], r["metric"], r["k"], r["item_split"]): r["value"] for r in rows
-    }
-    header = ["retr ndcg@10 warm", "retr ndcg@10 cold", "rec ndcg@10 all", "rec ndcg@10 cold", "genre gap@20"]
-    lines = [f"evaluation ({store.qualified(EVAL_METRICS)}, run {rows[0]['run_id'] if rows else '-'}):"]
-    for dataset in sorted({r["dataset"] for r in rows}):
-        lines.append(f"  {dataset:<18}" + "".join(f"{h:>19}" for h in header))
-        methods = {r["method"] for r in rows if r["dataset"] == dataset}
-        for method in sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m)):
-            cells = [value.get((dataset, method, *c)) for c in HEADLINE]
+    """Headline metrics per dataset, protocol and method from `eval_metrics` (the full table: the report)."""
+    frame = store.read(EVAL_METRICS).toPandas()
+    lines = [
+        f"evaluation ({store.qualified(EVAL_METRICS)}, run {frame['run_id'].iloc[0] if len(frame) else '-'}):"
+    ]
+    for (dataset, protocol), rows in frame.groupby(["dataset", "protocol"]):
+        table = headline(rows, protocol)
+        lines.append(f"  {dataset} ({protocol})".ljust(36) + "".join(f"{c:>19}" for c in table.columns))
+        for method, values in table.iterrows():
             lines.append(
-                f"    {method:<16}" + "".join(f"{'—' if v is None else f'{v:.4f}':>19}" for v in cells)
+                f"    {method:<32}" + "".join(f"{'—' if pd.isna(v) else f'{v:.4f}':>19}" for v in values)
             )
     return lines
 

@@ -219,10 +219,17 @@ USER_RECOMMENDATIONS = TableSpec(
 EVAL_METRICS = TableSpec(
     "eval_metrics",
     "Offline evaluation (jobs/evaluate.py): retrieval, recommendation and genre classification "
-    "metrics of CDML and baselines per dataset; definitions in cdml_spark/metrics.py.",
+    "metrics of CDML and baselines per dataset and protocol; definitions in cdml_spark/metrics.py.",
     (
         _field("model_version", T.StringType(), "CDML model evaluated (null for baselines)"),
         _field("dataset", T.StringType(), "events.source evaluated, e.g. movielens-1m", False),
+        _field(
+            "protocol",
+            T.StringType(),
+            "time_split (per user, the latest watches held out) or user_holdout (held-out users' "
+            "co-watch graph, retrieval only); see README Evaluation",
+            False,
+        ),
         _field("task", T.StringType(), "retrieval, recommendation or classification", False),
         _field(
             "method",
@@ -317,14 +324,20 @@ class TableStore:
         """Current Delta version of the table (input identity for lineage)."""
         return self._delta(spec).history(1).first()["version"]
 
+    def commit_inputs(self, spec: TableSpec) -> dict:
+        """The `inputs` recorded by the table's latest write ({} if none)."""
+        raw = self._delta(spec).history(1).first()["userMetadata"]
+        return json.loads(raw) if raw else {}
+
     def _delta(self, spec: TableSpec) -> DeltaTable:
         if self.local:
             return DeltaTable.forPath(self.spark, self.path(spec))
         return DeltaTable.forName(self.spark, self.qualified(spec))
 
-    def write(self, spec: TableSpec, df: DataFrame, lineage: Lineage) -> None:
+    def write(self, spec: TableSpec, df: DataFrame, lineage: Lineage, inputs: dict | None = None) -> None:
         """Replace `spec`'s table with `df` (cast to the spec's columns, with their comments) plus lineage,
-        in one atomic commit."""
+        in one atomic commit. `inputs` (e.g. the Delta versions read) is stored as the commit's
+        userMetadata (JSON) and read back by `commit_inputs`."""
         missing = [f.name for f in spec.fields if f.name not in df.columns]
         if missing:
             raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
@@ -334,6 +347,8 @@ class TableStore:
         )
         self._create_or_migrate(spec)
         writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+        if inputs is not None:
+            writer = writer.option("userMetadata", json.dumps({"run_id": lineage.run_id, **inputs}))
         if self.local:
             writer.save(self.path(spec))
         else:

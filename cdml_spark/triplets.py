@@ -221,16 +221,14 @@ def make_triplets(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
     if missing:
         raise FileNotFoundError(f"video_features lacks modalities {missing}: rerun ingest_features")
     edges = store.read(COWATCH_EDGES)
+    inputs = {
+        "cowatch_edges": store.version(COWATCH_EDGES),
+        "video_features": store.version(features_spec),
+        "feature_version": cfg.features.version,
+    }
     lineage = Lineage.new(
         "make_triplets",
-        {
-            "triplets": tcfg.model_dump(),
-            "modalities": [m.model_dump() for m in modalities],
-            "inputs": {
-                "cowatch_edges": store.version(COWATCH_EDGES),
-                "video_features": store.version(features_spec),
-            },
-        },
+        {"triplets": tcfg.model_dump(), "modalities": [m.model_dump() for m in modalities], "inputs": inputs},
         run_id,
     )
 
@@ -258,7 +256,7 @@ def make_triplets(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
     )
     # round-robin into >= TRIPLET_FILES files per split: Petastorm shards row groups across ranks
     triplets = triplets.repartition(max(TRIPLET_FILES, cfg.spark.shuffle_partitions))
-    store.write(spec, triplets, lineage)
+    store.write(spec, triplets, lineage, inputs)
 
     written = store.read(spec)
     by_split = {r["split"]: r["count"] for r in written.groupBy("split").count().collect()}

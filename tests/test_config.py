@@ -45,3 +45,12 @@ def test_env_expansion(monkeypatch):
     assert load_config(ROOT / "conf/local.yaml").storage.cache_dir == "/somewhere/cache"
     monkeypatch.delenv("CDML_CACHE")
     assert load_config(ROOT / "conf/local.yaml").storage.cache_dir.endswith(".cache/cdml-spark")
+
+
+def test_zero_margin_with_semi_hard_mining_is_rejected():
+    with pytest.raises(ConfigError, match="training.margin = 0 with training.miner = semi_hard"):
+        load_config(ROOT / "conf/local.yaml", ["training.margin=0", "training.miner=semi_hard"])
+    assert (
+        load_config(ROOT / "conf/local.yaml", ["training.margin=0", "training.miner=none"]).training.margin
+        == 0
+    )

@@ -1,5 +1,6 @@
-"""Evaluation: the time split against a pure-Python split, the tasks on hand-made catalogs, and the
-job end to end on tiny synthetic data (real pipeline, real training)."""
+"""Evaluation: the time split and the user-held-out split (users, cold videos, training events, truth
+graph) against pure-Python references, the tasks on hand-made catalogs, and the job end to end on tiny
+synthetic data for both protocols (real pipeline, real training)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,23 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from cdml_spark.config import TripletsConfig
+from cdml_spark.config import GraphConfig, TripletsConfig, UserHoldoutConfig
 from cdml_spark.eval_tasks import Catalog, Graph, Users, recommendation, retrieval, scorers
-from cdml_spark.evaluation import evaluate, time_split, workspace_config
+from cdml_spark.evaluation import (
+    evaluate,
+    held_out_events,
+    held_out_neighbours,
+    time_split,
+    training_events,
+    user_holdout_split,
+    workspace_config,
+)
 from cdml_spark.events import read_events_source
-from cdml_spark.tables import EVAL_METRICS, VIDEO_SPLITS, WATCH_EVENTS, TableStore
+from cdml_spark.tables import EVAL_METRICS, VIDEO_SPLITS, WATCH_EVENTS, TableStore, video_features_spec
 from cdml_spark.triplets import assign_splits
 
 from .conftest import SMALL, make_config
+from .reference import brute_force_edges
 from .test_notebooks import NOTEBOOK_DIR, run_notebook
 
 
@@ -44,6 +54,114 @@ def test_time_split_matches_python(spark):
         for rank, v in enumerate(order):
             expected[(user, v)] = (rank < int(len(order) * 0.25), v in cold)
     assert got == expected
+
+
+_P1, _P2, _P3, _P4, _P5 = (
+    0x9E3779B185EBCA87,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0x85EBCA77C2B2AE63,
+    0x27D4EB2F165667C5,
+)
+_M64 = (1 << 64) - 1
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc: int, lane: int) -> int:
+    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
+
+
+def _xxh64(data: bytes, seed: int) -> int:
+    """XXH64 (the reference algorithm, as Spark's xxhash64 applies it to UTF-8 strings)."""
+    n, i, seed = len(data), 0, seed & _M64
+    lane = lambda at, width: int.from_bytes(data[at : at + width], "little")  # noqa: E731
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while i + 32 <= n:
+            v = [_round(v[j], lane(i + 8 * j, 8)) for j in range(4)]
+            i += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for x in v:
+            h = ((h ^ _round(0, x)) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while i + 8 <= n:
+        h = (_rotl(h ^ _round(0, lane(i, 8)), 27) * _P1 + _P4) & _M64
+        i += 8
+    if i + 4 <= n:
+        h = (_rotl(h ^ ((lane(i, 4) * _P1) & _M64), 23) * _P2 + _P3) & _M64
+        i += 4
+    for byte in data[i:]:
+        h = (_rotl(h ^ ((byte * _P5) & _M64), 11) * _P1) & _M64
+    for shift, prime in ((33, _P2), (29, _P3)):
+        h = ((h ^ (h >> shift)) * prime) & _M64
+    return h ^ (h >> 32)
+
+
+def _uniform(*parts: str) -> float:
+    """Pure-Python triplets.hash_uniform of string columns: Spark's xxhash64 (seed 42, each column
+    seeding the next), low 53 bits / 2^53."""
+    h = 42
+    for part in parts:
+        h = _xxh64(part.encode(), h)
+    return (h & ((1 << 53) - 1)) / float(1 << 53)
+
+
+def test_uniform_reference_matches_spark(spark):
+    ids = ["", "u1", "a-long-user-id-of-more-than-32-bytes-xyz", "Toy Story (1995)", "é"]
+    got = spark.createDataFrame([(i,) for i in ids], "id string").selectExpr(
+        "id", "xxhash64('salt', id) AS h"
+    )
+    for row in got.collect():
+        assert (row.h & ((1 << 53) - 1)) / float(1 << 53) == _uniform("salt", row.id)
+
+
+def _random_events(seed: int, users: int, videos: int, n: int) -> list[tuple[str, str, datetime]]:
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return [
+        (
+            f"u{rng.randrange(users)}",
+            f"v{rng.randrange(videos)}",
+            start + timedelta(minutes=rng.randrange(4000)),
+        )
+        for _ in range(n)
+    ]
+
+
+def test_user_holdout_split_matches_python(spark):
+    rows = _random_events(7, users=40, videos=25, n=900)
+    events = spark.createDataFrame(rows, "user_id string, video_id string, event_ts timestamp")
+    params = UserHoldoutConfig(user_fraction=0.3, cold_fraction=0.25, salt="s1")
+    # the triplets' own cold share is replaced by the protocol's
+    triplets = TripletsConfig(positives_per_anchor=1, validation_fraction=0.2, cold_fraction=0.05)
+    split = user_holdout_split(events, params, triplets).persist()
+    got = split.toPandas()
+    # (a) held-out users / cold videos are exactly those whose salted hash is below the fraction
+    held = {u for u, _, _ in rows if _uniform("s1", u) < 0.3}
+    cold = {v for _, v, _ in rows if _uniform(triplets.split_salt, v) < 0.25}
+    assert 0 < len(held) < 40 and 0 < len(cold) < 25
+    assert set(got.loc[got["held_out"], "user_id"]) == held
+    assert set(got.loc[~got["held_out"], "user_id"]) == {u for u, _, _ in rows} - held
+    assert set(got.loc[got["cold"], "video_id"]) == cold
+    # (b) training = every event of a kept user on a non-cold video, and nothing else
+    train = training_events(events, split).selectExpr("user_id", "video_id", "unix_micros(event_ts)")
+    micros = {tuple(r) for r in train.collect()}
+    assert micros == {
+        (u, v, int(ts.timestamp()) * 10**6) for u, v, ts in rows if u not in held and v not in cold
+    }
+    # (c) truth = the graph rule over all of the held-out users' events, cold videos included
+    graph = GraphConfig(max_history=8, cowatch_window_hours=24, min_users=2, max_neighbors=1000)
+    index = {f"v{i}": i for i in range(25)}
+    truth = held_out_neighbours(held_out_events(events, split), graph, index)
+    expected = brute_force_edges([e for e in rows if e[0] in held], 8, 24, 2, 1000)
+    assert {(a, b) for a, nbrs in truth.items() for b in nbrs} == {(index[a], index[b]) for a, b in expected}
+    assert any(a in cold or b in cold for a, b in expected)  # cold videos are in the truth
+    split.unpersist()
 
 
 def _catalog() -> Catalog:
@@ -91,48 +209,9 @@ def test_recommendation_by_hand():
     assert ("cooccurrence_cf", "cold", "ndcg") not in value
 
 
-def test_evaluate_job_on_synthetic(spark, tmp_path, monkeypatch, capsys):
-    cfg = make_config(
-        tmp_path / "tables",
-        *SMALL,
-        "evaluation.datasets=[synthetic]",
-        f"evaluation.workspace={tmp_path / 'eval'}",
-        f"evaluation.report_dir={tmp_path / 'report'}",
-        "evaluation.min_test_items=3",
-        "evaluation.ks=[5, 10]",
-        "evaluation.gap_k=3",
-        f"training.mlflow.tracking_uri=file:{tmp_path / 'mlruns'}",
-        "training.hidden=[32]",
-        "training.embedding_dim=16",
-        "training.batch_size=256",
-        "training.epochs=2",
-        "training.learning_rate=0.01",
-    )
-    metrics = evaluate(spark, cfg)
-    table = TableStore(spark, cfg.storage).read(EVAL_METRICS).toPandas()
-    assert len(table) == len(metrics) and table["run_id"].nunique() == 1
-    assert set(table["task"]) == {"retrieval", "recommendation", "classification"}
-    assert {"random", "popularity", "cooccurrence_cf", "raw_features", "cdml_early", "cdml_late"} <= set(
-        table["method"]
-    )
-    assert table["value"].between(0, 1).all()
-    assert table.loc[table["method"].str.startswith("cdml"), "model_version"].notna().all()
-    assert not ((table["method"] == "cooccurrence_cf") & (table["item_split"] == "cold")).any()
-    value = table.set_index(["task", "method", "item_split", "metric", "k"])["value"]
-    # synthetic co-watch follows the latent topics that the content features encode
-    for method in ("cdml_early", "raw_features"):
-        assert (
-            value["retrieval", method, "warm", "ndcg", 10] > value["retrieval", "random", "warm", "ndcg", 10]
-        )
-    assert (
-        value["classification", "cdml_early", "cold", "gap", 3]
-        > value["classification", "random", "cold", "gap", 3]
-    )
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "| cdml_late |" in report and os.path.exists(tmp_path / "report" / "synthetic_retrieval.png")
-    assert len(list((tmp_path / "mlruns").glob("*/*/artifacts/report/report.md"))) == 1
-    # no leak: the workspace trained on each user's earliest 80% only, and never saw a cold video
-    ecfg = workspace_config(cfg, "synthetic")
+def _check_time_split_workspace(spark, cfg) -> None:
+    """No leak: the workspace trained on each user's earliest 80% only, and never saw a cold video."""
+    ecfg = workspace_config(cfg, "synthetic", "time_split")
     workspace = TableStore(spark, ecfg.storage)
     seen = workspace.read(WATCH_EVENTS).select("user_id", "video_id").distinct().toPandas()
     cold = set(workspace.read(VIDEO_SPLITS).where("split = 'cold_test'").toPandas()["video_id"])
@@ -148,5 +227,81 @@ def test_evaluate_job_on_synthetic(spark, tmp_path, monkeypatch, capsys):
         withheld_warm = w[~w["kept"] & ~w["cold"]]
         if w["kept"].any() and len(withheld_warm):
             assert w.loc[w["kept"], "ts"].max() <= withheld_warm["ts"].min(), user  # only later ones withheld
+
+
+def _check_user_holdout_workspace(spark, cfg) -> None:
+    """The workspace's watch_events are exactly the kept users' events on non-cold videos (pure-Python
+    hashes), its cold_test videos are the protocol's, and its features' version differs from the time
+    split's (genres in the content)."""
+    ecfg = workspace_config(cfg, "synthetic", "user_holdout")
+    uh, workspace = cfg.evaluation.user_holdout, TableStore(spark, ecfg.storage)
+    full = read_events_source(spark, ecfg).selectExpr("user_id", "video_id", "unix_micros(event_ts)")
+    users = {r.user_id for r in full.select("user_id").distinct().collect()}
+    held = {u for u in users if _uniform(uh.salt, u) < uh.user_fraction}
+    splits = workspace.read(VIDEO_SPLITS).toPandas()
+    cold = {v for v in splits["video_id"] if _uniform(ecfg.triplets.split_salt, v) < uh.cold_fraction}
+    assert 0 < len(held) < len(users) and cold == set(splits.loc[splits["split"] == "cold_test", "video_id"])
+    seen = workspace.read(WATCH_EVENTS).selectExpr("user_id", "video_id", "unix_micros(event_ts)")
+    expected = {tuple(r) for r in full.collect() if r[0] not in held and r[1] not in cold}
+    assert {tuple(r) for r in seen.collect()} == expected
+    features = video_features_spec(ecfg.features.modalities)
+    version = {r[0] for r in workspace.read(features).select("feature_version").distinct().collect()}
+    time_ws = TableStore(spark, workspace_config(cfg, "synthetic", "time_split").storage)
+    assert version == {cfg.features.version}
+    assert {r[0] for r in time_ws.read(features).select("feature_version").distinct().collect()} == {
+        f"{cfg.features.version}-nogenres"
+    }
+
+
+def test_evaluate_job_on_synthetic(spark, tmp_path, monkeypatch, capsys):
+    cfg = make_config(
+        tmp_path / "tables",
+        *SMALL,
+        "evaluation.datasets=[synthetic]",
+        f"evaluation.workspace={tmp_path / 'eval'}",
+        f"evaluation.report_dir={tmp_path / 'report'}",
+        "evaluation.protocols=[time_split, user_holdout]",
+        "evaluation.min_test_items=3",
+        "evaluation.ks=[5, 10]",
+        "evaluation.gap_k=3",
+        f"training.mlflow.tracking_uri=file:{tmp_path / 'mlruns'}",
+        "training.hidden=[32]",
+        "training.embedding_dim=16",
+        "training.batch_size=256",
+        "training.epochs=2",
+        "training.learning_rate=0.01",
+    )
+    metrics = evaluate(spark, cfg)
+    table = TableStore(spark, cfg.storage).read(EVAL_METRICS).toPandas()
+    assert len(table) == len(metrics) and table["run_id"].nunique() == 1
+    assert set(table["protocol"]) == {"time_split", "user_holdout"}
+    by_protocol = {p: rows for p, rows in table.groupby("protocol")}
+    assert set(by_protocol["time_split"]["task"]) == {"retrieval", "recommendation", "classification"}
+    holdout = by_protocol["user_holdout"]
+    assert set(holdout["task"]) == {"retrieval"}  # no recommendation, no classification
+    assert set(holdout["item_split"]) == {"warm", "cold"}
+    methods = {"random", "popularity", "cooccurrence_cf", "raw_features", "cdml_early", "cdml_late"}
+    assert all(methods <= set(rows["method"]) for rows in by_protocol.values())
+    assert table["value"].between(0, 1).all()
+    assert table.loc[table["method"].str.startswith("cdml"), "model_version"].notna().all()
+    assert not ((table["method"] == "cooccurrence_cf") & (table["item_split"] == "cold")).any()
+    value = table.set_index(["protocol", "task", "method", "item_split", "metric", "k"])["value"]
+    # synthetic co-watch follows the latent topics that the content features encode
+    for protocol in ("time_split", "user_holdout"):
+        for method in ("cdml_early", "raw_features"):
+            ndcg = value[protocol, "retrieval", method, "warm", "ndcg", 10]
+            assert ndcg > value[protocol, "retrieval", "random", "warm", "ndcg", 10], (protocol, method)
+    assert (
+        value["time_split", "classification", "cdml_early", "cold", "gap", 3]
+        > value["time_split", "classification", "random", "cold", "gap", 3]
+    )
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## synthetic — time_split" in report and "## synthetic — user_holdout" in report
+    assert "| cdml_late |" in report and "retr map@10 cold" in report
+    assert os.path.exists(tmp_path / "report" / "synthetic_user_holdout_retrieval.png")
+    assert len(list((tmp_path / "mlruns").glob("*/*/artifacts/report/report.md"))) == 1
+    _check_time_split_workspace(spark, cfg)
+    _check_user_holdout_workspace(spark, cfg)
     run_notebook(NOTEBOOK_DIR / "04_evaluation.py", cfg, tmp_path, monkeypatch)
-    assert "| cdml_early |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| cdml_early |" in out and "synthetic / user_holdout / retrieval" in out
