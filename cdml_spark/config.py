@@ -129,11 +129,11 @@ class FeaturesConfig(_Strict):
 
 class TripletsConfig(_Strict):
     weight: Literal["score", "cowatch_users"] = Field(
-        default="score", description="Edge weight for positives"
+        default="cowatch_users", description="Edge weight for positives"
     )
     positives_per_anchor: int = Field(ge=1, description="Cap on positives sampled per anchor")
     negatives_per_positive: int = Field(default=1, ge=1)
-    negative_sampling: Literal["uniform", "popularity"] = "popularity"
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
     popularity_beta: float = Field(default=0.75, ge=0, description="Negative ~ users^beta")
     split_salt: str = "cdml-split-v1"
     validation_fraction: float = Field(ge=0, lt=1)

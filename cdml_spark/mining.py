@@ -95,7 +95,7 @@ def _closest_allowed(
     pool_keys: torch.Tensor,
     own: torch.Tensor,
     forbidden: ForbiddenPairs | None,
-    rounds: int = 64,
+    rounds: int = 16,
 ) -> torch.Tensor:
     """Per row, the first column of smallest finite distance that is not a forbidden pair (else `own`).
     Only each row's current best candidate is looked up: a forbidden one is masked and the row retried,
