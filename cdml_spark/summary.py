@@ -95,9 +95,10 @@ def summary(
         r["video_id"]
         for r in store.read(VIDEO_STATS).orderBy(F.desc("users"), "video_id").limit(examples).collect()
     ]
-    popular += [
-        r["video_id"] for r in store.read(VIDEO_STATS).where(F.col("video_id").isin(featured)).collect()
-    ]
+    present = {
+        r["video_id"] for r in store.read(VIDEO_STATS).where(F.col("video_id").isin(*featured)).collect()
+    }
+    popular += [v for v in featured if v in present and v not in popular]
     lines.append("by co-watch (cowatch_edges):")
     lines += _neighbours(store, COWATCH_EDGES, popular, top)
     if store.exists(VIDEO_NEIGHBORS):

@@ -11,10 +11,12 @@ from cdml_spark.model import load_model
 from cdml_spark.neighbors import build_neighbors
 from cdml_spark.retrieval import recall_at_k
 from cdml_spark.sql_queries import render, run_sql_file
+from cdml_spark.summary import summary
 from cdml_spark.tables import (
     USER_RECOMMENDATIONS,
     VIDEO_EMBEDDINGS,
     VIDEO_NEIGHBORS,
+    VIDEO_STATS,
     WATCH_EVENTS,
     TableStore,
     video_features_spec,
@@ -115,3 +117,12 @@ def test_tables_readable_by_deltalake(spark, served):
     for spec in (VIDEO_NEIGHBORS, USER_RECOMMENDATIONS, VIDEO_EMBEDDINGS):
         df = deltalake.DeltaTable(store.path(spec)).to_pandas()
         assert len(df) == store.read(spec).count() > 0
+
+
+def test_summary_shows_a_featured_video_by_cowatch_and_by_embedding(spark, served):
+    cfg, store, ids, _, _ = served
+    featured = store.read(VIDEO_STATS).orderBy("users", "video_id").first()["video_id"]  # not a top video
+    text = summary(spark, cfg, examples=1, featured=(featured, "not-a-video"))
+    cowatch, embedding = text.split("by CDML embedding (video_neighbors):")[:2]
+    assert f'like "{featured}"' in cowatch.split("by co-watch (cowatch_edges):")[1]
+    assert f'like "{featured}"' in embedding and "not-a-video" not in text
