@@ -17,6 +17,7 @@ checkpoints after every epoch (model, optimizer, best state, history) to `<check
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -160,6 +161,10 @@ class _TorchDDP:
         import torch.distributed as dist
 
         dist.barrier()
+        # Gloo's worker thread frees the last works' tensors after the barrier and needs the GIL for
+        # it; destroying the group (which joins that thread) while this thread holds the GIL
+        # deadlocked (py-spy: ~ProcessGroupGloo joining a thread in ~AsyncAllgatherWork). Let it finish.
+        time.sleep(1.0)
         dist.destroy_process_group()
 
 
@@ -318,6 +323,9 @@ def train_worker(plan: TrainPlan) -> dict | None:
             "triplets_per_second": train_seen / max(time.time() - began, 1e-9),
             **validate(net, plan, rank, world, device, all_sum),
         }
+        # every rank takes rank 0's figures: all-reduced floats may differ in the last bit between
+        # ranks, and the keep/stop decisions below must be identical on all of them
+        metrics = backend.gather(metrics)[0]
         history.append(metrics)
         improved = metrics["val_ndcg"] > state["best_ndcg"]
         if improved:
@@ -337,6 +345,8 @@ def train_worker(plan: TrainPlan) -> dict | None:
             )
     digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in net.state_dict().values()))
     result = {"param_digests": backend.gather(digest.hexdigest())}  # one per rank, every rank's view
+    del model, optimizer  # DDP's reducer holds the process group: release it before the group goes
+    gc.collect()
     backend.close()
     return result
 
