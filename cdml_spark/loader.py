@@ -35,11 +35,10 @@ class UnknownVideoKey(KeyError):
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """In-memory features: sorted keys (xxhash64 of video_id), the ids and one matrix per modality."""
+    """In-memory features: sorted keys (xxhash64 of video_id) and one matrix per modality."""
 
     keys: np.ndarray
     vectors: dict[str, np.ndarray]
-    ids: np.ndarray | None = None  # video ids in key order (for messages and validation)
 
     def positions(self, keys: np.ndarray) -> np.ndarray:
         """Row of each key; raises `UnknownVideoKey` naming the first key that is not in the table."""

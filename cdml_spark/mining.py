@@ -43,9 +43,9 @@ class ForbiddenPairs:
         codes = pair_code(torch.from_numpy(left.astype(np.int64)), torch.from_numpy(right.astype(np.int64)))
         return cls(np.unique(codes.numpy()))
 
-    def contains(self, a: torch.Tensor, b: torch.Tensor, device=None) -> torch.Tensor:
+    def contains(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Elementwise: is (a, b) a forbidden pair? (broadcasting int64 key tensors)."""
-        codes = torch.from_numpy(self.codes).to(a.device if device is None else device)
+        codes = torch.from_numpy(self.codes).to(a.device)
         query = pair_code(a, b)
         if len(codes) == 0:
             return torch.zeros_like(query, dtype=torch.bool)

@@ -35,7 +35,6 @@ from cdml_spark.tables import Lineage, TableStore, triplets_spec
 from cdml_spark.train_inputs import (
     check_inputs,
     cowatch_keys,
-    forbidden_pairs,
     training_catalog,
     validation_queries,
 )
@@ -209,11 +208,11 @@ def _step_loss(plan: TrainPlan, backend, model, batch, names, device, forbidden)
 
     inputs, keys = _to_torch(batch, names, device)
     anchor, positive, negative = _embed_triplet(model, inputs, names)
+    if plan.miner == "none":
+        return triplet_loss(anchor, positive, negative, plan.margin, plan.reduction)[0]
     local = [negative, positive] if plan.pool_positives else [negative]
     local_keys = [keys["negative"], keys["positive"]] if plan.pool_positives else [keys["negative"]]
     local_pool, local_pool_keys = torch.cat(local), torch.cat(local_keys)
-    if plan.miner == "none":
-        return triplet_loss(anchor, positive, negative, plan.margin, plan.reduction)[0]
     if backend.world > 1:
         pool_keys = torch.cat(backend.all_gather(local_pool_keys))
         pool, sizes = _gather_with_grad(local_pool, backend)
@@ -500,7 +499,7 @@ def train(
         resume=resume,
         catalog=catalog,
         validation=ValidationSet(queries, relevant, tc.validation_k),
-        forbidden=forbidden_pairs(edges),
+        forbidden=ForbiddenPairs.from_keys(*edges),
         ids_only=not materialized,
         backend=backend,
     )

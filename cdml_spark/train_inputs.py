@@ -10,7 +10,6 @@ from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
 from cdml_spark.loader import FeatureTable
-from cdml_spark.mining import ForbiddenPairs
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, TableSpec, TableStore, video_features_spec
 
 
@@ -69,7 +68,6 @@ def training_catalog(store: TableStore, cfg: AppConfig) -> tuple[FeatureTable, n
             n: np.stack(rows[n]).astype(np.float32) if len(rows) else np.zeros((0, 1), np.float32)
             for n in names
         },
-        ids=rows["video_id"].to_numpy(object),
     )
     return table, rows["split"].to_numpy(object)
 
@@ -95,7 +93,3 @@ def validation_queries(
     queries, starts = np.unique(pairs[:, 0], return_index=True)
     relevant = np.split(pairs[:, 1], starts[1:]) if len(queries) else []
     return queries, relevant
-
-
-def forbidden_pairs(edges: tuple[np.ndarray, np.ndarray]) -> ForbiddenPairs:
-    return ForbiddenPairs.from_keys(*edges)

@@ -97,7 +97,7 @@ def test_triplet_loss_and_reductions_by_hand():
 
 
 def test_unknown_feature_key_raises():
-    table = FeatureTable(np.array([1, 5, 9]), {"vis": np.eye(3, dtype=np.float32)}, np.array(["a", "b", "c"]))
+    table = FeatureTable(np.array([1, 5, 9]), {"vis": np.eye(3, dtype=np.float32)})
     assert table.lookup(np.array([9, 1]))["vis"].tolist() == [[0, 0, 1], [1, 0, 0]]
     with pytest.raises(UnknownVideoKey, match="video key 6 .* rerun make_triplets"):
         table.lookup(np.array([5, 6]))
