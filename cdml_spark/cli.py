@@ -11,11 +11,12 @@ from typing import Any
 from cdml_spark.config import AppConfig, ConfigError, load_config
 from cdml_spark.events import InputSchemaError
 from cdml_spark.spark import SetupError, get_spark
+from cdml_spark.tables import RefusedWrite
 from cdml_spark.train_inputs import StaleTriplets
 
 log = logging.getLogger("cdml_spark")
 
-USER_ERRORS = (ConfigError, InputSchemaError, SetupError, FileNotFoundError, StaleTriplets)
+USER_ERRORS = (ConfigError, InputSchemaError, SetupError, FileNotFoundError, StaleTriplets, RefusedWrite)
 
 
 def setup_logging() -> None:

@@ -39,6 +39,12 @@ class StorageConfig(_Strict):
         "null = managed tables in `database` (Databricks Unity Catalog)"
     )
     cache_dir: str = Field(description="Setup cache: Delta jars and dataset wheels")
+    min_row_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        description="A job refuses to replace a table with fewer than this share of its current rows "
+        "(--set storage.min_row_ratio=0 for a deliberate shrink)",
+    )
 
 
 class ColumnMapping(_Strict):
@@ -73,6 +79,9 @@ class EventsConfig(_Strict):
     )
     min_event_ts: datetime
     max_event_ts: datetime
+    max_quarantine_fraction: float = Field(
+        default=0.01, ge=0, le=1, description="Ingest refuses input with a larger share of invalid rows"
+    )
     synthetic: SyntheticConfig
 
 
@@ -125,6 +134,12 @@ class FeaturesConfig(_Strict):
     )
     frames: FramesConfig
     synthetic: SyntheticFeaturesConfig = SyntheticFeaturesConfig()
+    max_quarantine_fraction: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="ingest_features refuses input with a larger share of invalid rows",
+    )
 
 
 class TripletsConfig(_Strict):

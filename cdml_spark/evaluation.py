@@ -10,8 +10,9 @@ CDML and baselines on what those events did not contain.
    watches, so they are truly cold: no co-watch edges, no popularity, no triplets — only content.
 2. The training-period events go through ingest → build_graph → ingest_features (genres kept out of
    the inputs unless `evaluation.genres_as_content`) → make_triplets → train (+ embed) once per fusion.
-3. Held-out co-watch graph: the same co-watch rule (window, min_users) on the held-out events.
-   Retrieval: query = a video with held-out neighbours, relevant = those neighbours; warm = split
+3. Held-out co-watch graph: the whole `cowatch_edges` rule (window, min_users, cosine top
+   `max_neighbors`) on the held-out events. Retrieval: query = a video with held-out neighbours,
+   relevant = its top neighbours; warm = split
    train (trained on), cold = split cold_test (never in a triplet).
 4. Recommendation: users with ≥ `min_test_items` held-out videos; profile = their `recommend.history`
    latest training-period videos; training-period watches are never recommended.
@@ -61,7 +62,7 @@ from cdml_spark.eval_tasks import (
 )
 from cdml_spark.events import ingest_events, read_events_source, validate_events
 from cdml_spark.features import ingest_features
-from cdml_spark.graph import build_graph, cowatch_counts, kept_history
+from cdml_spark.graph import build_graph, graph_edges
 from cdml_spark.tables import (
     COWATCH_EDGES,
     EVAL_METRICS,
@@ -214,15 +215,15 @@ def load_catalog(spark: SparkSession, ecfg: AppConfig) -> Catalog:
 
 
 def held_out_neighbours(events: DataFrame, graph: GraphConfig, index: dict[str, int]) -> dict[int, set[int]]:
-    """Truth graph of `events` (the held-out period, or the held-out users): catalog index → indices
-    co-watched with it under the graph rule (kept history, window, min_users), both directions."""
-    pairs = cowatch_counts(kept_history(events, graph.max_history), graph.cowatch_window_hours)
-    strong = pairs.where(F.col("cowatch_users") >= graph.min_users).select("video_a", "video_b").toPandas()
+    """Truth graph of `events` (the held-out period, or the held-out users): catalog index → the
+    indices of its `max_neighbors` best neighbours under the whole `cowatch_edges` rule (kept history,
+    window, min_users, cosine ranking). Without the cosine top-N, "co-watched by ≥ min_users" links
+    a video to most of the popular catalog: random ranking scored NDCG@10 0.19 on ML-1M."""
+    edges = graph_edges(events, graph).select("video_id", "neighbor_id").toPandas()
     relevant: dict[int, set[int]] = {}
-    for a, b in zip(strong["video_a"], strong["video_b"], strict=True):
+    for a, b in zip(edges["video_id"], edges["neighbor_id"], strict=True):
         if a in index and b in index:
             relevant.setdefault(index[a], set()).add(index[b])
-            relevant.setdefault(index[b], set()).add(index[a])
     return relevant
 
 

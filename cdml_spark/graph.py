@@ -86,6 +86,18 @@ def cowatch_counts(history: DataFrame, window_hours: float) -> DataFrame:
     return counts.join(ids_a, "key_a").join(ids_b, "key_b").select("video_a", "video_b", "cowatch_users")
 
 
+def history_users(history: DataFrame) -> DataFrame:
+    """video_id, history_users: users with the video in their kept history (c_i of the cosine)."""
+    return history.groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
+
+
+def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
+    """The whole graph rule on `events` (unpersisted): directed top-N rows with cosine scores."""
+    history = kept_history(events, params.max_history)
+    pairs = cowatch_counts(history, params.cowatch_window_hours)
+    return top_neighbors(pairs, history_users(history), params)
+
+
 def top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
     """Directed, ranked top-N rows with cosine scores (see module docstring)."""
     strong = pairs.where(F.col("cowatch_users") >= params.min_users)
@@ -136,7 +148,7 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
     log.info("build_graph: watch_events v%s, params %s, run_id=%s", input_version, cfg.graph, lineage.run_id)
 
     history = kept_history(events, cfg.graph.max_history).persist()
-    users = history.groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
+    users = history_users(history)
     pairs = cowatch_counts(history, cfg.graph.cowatch_window_hours).persist()
     store.write(COWATCH_EDGES, top_neighbors(pairs, users, cfg.graph), lineage)
     pair_count = pairs.count()

@@ -282,6 +282,11 @@ class Lineage:
         ]
 
 
+class RefusedWrite(RuntimeError):
+    """A job's output failed a guard (empty, mostly quarantined, or far smaller than the current
+    version); the table was left untouched."""
+
+
 class TableStore:
     """Reads and writes the project's tables by spec, wherever the config puts them."""
 
