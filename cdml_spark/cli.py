@@ -8,15 +8,50 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from delta import exceptions as delta_errors
+
 from cdml_spark.config import AppConfig, ConfigError, load_config
 from cdml_spark.events import InputSchemaError
+from cdml_spark.loader import DeletedRowsInFiles
 from cdml_spark.spark import SetupError, get_spark
 from cdml_spark.tables import RefusedWrite
 from cdml_spark.train_inputs import StaleTriplets
 
 log = logging.getLogger("cdml_spark")
 
-USER_ERRORS = (ConfigError, InputSchemaError, SetupError, FileNotFoundError, StaleTriplets, RefusedWrite)
+USER_ERRORS = (
+    ConfigError,
+    InputSchemaError,
+    SetupError,
+    FileNotFoundError,
+    StaleTriplets,
+    RefusedWrite,
+    DeletedRowsInFiles,
+)
+
+
+# Delta's commit conflicts (delta.exceptions: no common Python base class): another job committed to
+# a table this job was replacing; this job's commit was refused and its files are never referenced
+CONCURRENT_WRITES = (
+    delta_errors.DeltaConcurrentModificationException,
+    delta_errors.ConcurrentWriteException,
+    delta_errors.ConcurrentAppendException,
+    delta_errors.ConcurrentDeleteReadException,
+    delta_errors.ConcurrentDeleteDeleteException,
+    delta_errors.ConcurrentTransactionException,
+    delta_errors.MetadataChangedException,
+    delta_errors.ProtocolChangedException,
+)
+
+
+def concurrent_write_message(exc: Exception) -> str:
+    """One line for a Delta commit conflict."""
+    lines = str(exc).strip().splitlines()
+    return (
+        f"{type(exc).__name__}: another job committed to a table this job was replacing, so this "
+        "job's write was not committed (the table holds the other job's version); rerun it if its "
+        f"result is wanted. Delta: {lines[0] if lines else ''}"
+    )
 
 
 def setup_logging() -> None:
@@ -39,7 +74,8 @@ def run_job(
     """Parse `--config/--set/--run-id` (+ `extra_args`), build the session and call
     `job(spark, cfg, run_id=..., **extras)`.
 
-    Configuration, input-schema and setup problems print one clear line and exit with status 2.
+    Configuration, input-schema and setup problems, refused writes and Delta commit conflicts print
+    one clear line and exit with status 2.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default="conf/local.yaml", help="YAML config (default: conf/local.yaml)")
@@ -58,4 +94,7 @@ def run_job(
         return job(spark, cfg, run_id=args.run_id, **extras)
     except USER_ERRORS as exc:
         log.error("%s: %s", type(exc).__name__, exc)
+        raise SystemExit(2) from None
+    except CONCURRENT_WRITES as exc:
+        log.error("%s", concurrent_write_message(exc))
         raise SystemExit(2) from None

@@ -10,10 +10,18 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -22,6 +30,30 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_UNSAFE_COLUMN = re.compile(r"[`\x00-\x1f\x7f]")
+
+
+def _database_name(value: str) -> str:
+    """`db` or `catalog.schema`, each part a plain SQL identifier (it is used in SQL text)."""
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(p) for p in parts):
+        raise ValueError(
+            "expected `db` or `catalog.schema`, each part letters, digits and _ not starting with a digit"
+        )
+    return value
+
+
+def _source_column(value: str) -> str:
+    """Any input column name except ones with a backtick or control characters."""
+    if _UNSAFE_COLUMN.search(value):
+        raise ValueError("an input column name may not contain a backtick or control characters")
+    return value
+
+
+SourceColumn = Annotated[str, AfterValidator(_source_column)]
 
 
 class SparkConfig(_Strict):
@@ -45,13 +77,24 @@ class StorageConfig(_Strict):
         description="A job refuses to replace a table with fewer than this share of its current rows "
         "(--set storage.min_row_ratio=0 for a deliberate shrink)",
     )
+    retention_hours: int = Field(
+        default=168,
+        ge=0,
+        description="Delta history kept per table (log and removed files; jobs/maintain_tables.py "
+        "VACUUMs older files, except versions the current model's lineage pins)",
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _plain_database(cls, value: str) -> str:
+        return _database_name(value)
 
 
 class ColumnMapping(_Strict):
-    user_id: str = "user_id"
-    video_id: str = "video_id"
-    event_ts: str = "event_ts"
-    watch_seconds: str | None = "watch_seconds"
+    user_id: SourceColumn = "user_id"
+    video_id: SourceColumn = "video_id"
+    event_ts: SourceColumn = "event_ts"
+    watch_seconds: SourceColumn | None = "watch_seconds"
 
 
 class SyntheticConfig(_Strict):
@@ -123,7 +166,7 @@ class FeaturesConfig(_Strict):
     l2_normalize: bool = True
     path: str | None = Field(default=None, description="Video-level vectors for source=path")
     format: Literal["parquet", "delta"] = "parquet"
-    columns: dict[str, str] = Field(
+    columns: dict[str, SourceColumn] = Field(
         default_factory=dict, description="video_id / modality name -> input column (default: same name)"
     )
     text_batch_size: int = Field(default=256, ge=1)

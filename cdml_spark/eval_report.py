@@ -9,7 +9,8 @@ import pandas as pd
 
 TASK_NOTES = {  # protocol -> task -> note
     "time_split": {
-        "retrieval": "query = a video with held-out co-watch neighbours; warm = train-split videos watched "
+        "retrieval": "truth = the held-out period's co-watch graph (the cowatch_edges rule: cosine, top "
+        "max_neighbors); query = a video with held-out co-watch neighbours; warm = train-split videos watched "
         "in the training period, cold = cold_test videos (no training-period watches, never in a triplet). "
         "cooccurrence_cf is undefined for cold videos (no co-watch data).",
         "recommendation": "users with >= min_test_items held-out videos; all = every unwatched catalog video "
@@ -18,7 +19,8 @@ TASK_NOTES = {  # protocol -> task -> note
         "scored on cold_test videos (GAP@k = YouTube-8M global average precision, MAP = mean over genres).",
     },
     "user_holdout": {
-        "retrieval": "truth = the held-out users' co-watch graph (every one of their watches); query = a "
+        "retrieval": "truth = the held-out users' co-watch graph (every one of their watches, the cowatch_edges "
+        "rule: cosine, top max_neighbors); query = a "
         "video with neighbours in it; warm = train-split videos watched by the training users, cold = "
         "cold_test videos (no training event at all). cooccurrence_cf is undefined for cold videos.",
     },

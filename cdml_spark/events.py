@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 
 from cdml_spark.config import AppConfig, EventsConfig
 from cdml_spark.datasets import MOVIELENS, movielens_events
-from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore
+from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore, check_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,38 @@ def _id(df: DataFrame, name: str) -> Column:
     return F.col(name).cast("string")
 
 
+# an epoch number as text: optional sign, integer or decimal, optional exponent (surrounding
+# whitespace is stripped first)
+_EPOCH_TEXT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+def _from_epoch(number: Column, unit: str) -> Column:
+    """Timestamp of `number` seconds or milliseconds since the epoch, to the nearest microsecond
+    (exact decimal arithmetic; NaN, infinities and overflows give null)."""
+    micros_per_unit = 1_000 if unit == "milliseconds" else 1_000_000
+    exact = number.cast("decimal(38,9)") * F.lit(micros_per_unit)
+    return F.timestamp_micros(F.round(exact, 0).cast("long"))
+
+
+def _from_text(text: Column, unit: str) -> Column:
+    """Row by row: an epoch number (in `unit`) or a date/time string; null when neither parses."""
+    stripped = F.regexp_replace(text, r"^\s+|\s+$", "")
+    return F.when(stripped.rlike(_EPOCH_TEXT), _from_epoch(stripped, unit)).otherwise(
+        F.try_to_timestamp(stripped)
+    )
+
+
 def _timestamp(df: DataFrame, unit: str) -> Column:
+    """`event_ts` as a timestamp: timestamps/dates as they are, numbers and numeric strings as
+    epoch `unit`, other strings as ISO date/times."""
     dtype = df.schema["event_ts"].dataType
     col = F.col("event_ts")
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
         return col.cast("timestamp")
     if isinstance(dtype, T.NumericType):
-        seconds = col.cast("double") / (1000.0 if unit == "milliseconds" else 1.0)
-        return F.timestamp_micros((seconds * 1_000_000).cast("long"))
+        return _from_epoch(col, unit)
     if isinstance(dtype, T.StringType):
-        return F.to_timestamp(col)
+        return _from_text(col, unit)
     raise InputSchemaError(
         f"column 'event_ts' has type {dtype.simpleString()}; expected timestamp, number or string"
     )
@@ -154,14 +176,21 @@ def ingest_events(
         .repartitionByRange("event_ts")  # files cover disjoint time ranges: time filters skip files
     )
     log.info("ingest: source=%s run_id=%s", cfg.events.source, lineage.run_id)
-    store.write(WATCH_EVENTS, valid, lineage)
-    store.write(WATCH_EVENTS_QUARANTINE, checked.where(F.col("reason").isNotNull()), lineage)
-    input_rows = source.count()
-    written = store.read(WATCH_EVENTS).count()
-    quarantined = {
-        r["reason"]: r["count"]
-        for r in store.read(WATCH_EVENTS_QUARANTINE).groupBy("reason").count().collect()
-    }
+    quarantined = {r["reason"]: r["count"] for r in checked.groupBy("reason").count().collect()}
+    input_rows = quarantined.pop(None, 0) + sum(quarantined.values())
+    counts = {"input_rows": input_rows, "quarantined": quarantined}
+    if input_rows:  # the quarantine always describes the latest input, refused or not
+        store.write(
+            WATCH_EVENTS_QUARANTINE, checked.where(F.col("reason").isNotNull()), lineage, counts=counts
+        )
+    check_quarantine(
+        store.qualified(WATCH_EVENTS),
+        input_rows,
+        quarantined,
+        cfg.events.max_quarantine_fraction,
+        "events.max_quarantine_fraction",
+    )
+    written = store.write(WATCH_EVENTS, valid, lineage, counts=counts)
     report = IngestReport(
         input_rows=input_rows,
         quarantined=quarantined,

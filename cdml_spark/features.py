@@ -27,6 +27,7 @@ from cdml_spark.tables import (
     VIDEO_METADATA,
     Lineage,
     TableStore,
+    check_quarantine,
     video_features_spec,
 )
 
@@ -77,14 +78,14 @@ def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, Da
     id_problem = F.when(F.col("video_id").isNull() | (F.trim("video_id") == ""), F.lit("missing_video_id"))
     vector_problems = [(m.name, _vector_problem(F.col(m.name), m.dim)) for m in cfg.modalities]
     bad_modality = F.coalesce(*[F.when(p.isNotNull(), F.lit(n)) for n, p in vector_problems])
-    first = Window.partitionBy("video_id").orderBy(F.xxhash64(*names))
+    problem = F.coalesce(id_problem, *[p for _, p in vector_problems])
+    # one valid row per video (the lowest content hash, then content, among the valid ones only):
+    # an invalid row never makes a valid one a duplicate
+    first_valid = Window.partitionBy("video_id", problem.isNull()).orderBy(F.xxhash64(*names), *names)
+    duplicate = F.when(F.row_number().over(first_valid) > 1, F.lit("duplicate_video_id"))
     checked = typed.select(
         "*",
-        F.coalesce(
-            id_problem,
-            *[p for _, p in vector_problems],
-            F.when(F.row_number().over(first) > 1, F.lit("duplicate_video_id")),
-        ).alias("reason"),
+        F.coalesce(problem, duplicate).alias("reason"),
         F.when(id_problem.isNull(), bad_modality).alias("modality"),
     )
     valid = checked.where(F.col("reason").isNull()).select("video_id", *names)
@@ -108,18 +109,26 @@ def write_features(
         StorageLevel.MEMORY_AND_DISK
     )  # computed once (text encoding is costly), read twice
     valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
-    if upstream_quarantine is not None:
+    input_rows = source.count()
+    reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+    counts = {"input_rows": input_rows, "quarantined": reasons}
+    if upstream_quarantine is not None:  # frames: counted in their own job log, not in the video share
         quarantine = quarantine.unionByName(upstream_quarantine)
     store = TableStore(spark, cfg.storage)
     lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)
     spec = video_features_spec(cfg.features.modalities)
-    store.write(spec, valid.withColumn("feature_version", F.lit(cfg.features.version)), lineage)
-    store.write(VIDEO_FEATURES_QUARANTINE, quarantine, lineage)
-    written = store.read(spec).count()
-    reasons = {
-        r["reason"]: r["count"]
-        for r in store.read(VIDEO_FEATURES_QUARANTINE).groupBy("reason").count().collect()
-    }
+    if input_rows:
+        store.write(VIDEO_FEATURES_QUARANTINE, quarantine, lineage, counts=counts)
+    check_quarantine(
+        store.qualified(spec),
+        input_rows,
+        reasons,
+        cfg.features.max_quarantine_fraction,
+        "features.max_quarantine_fraction",
+    )
+    written = store.write(
+        spec, valid.withColumn("feature_version", F.lit(cfg.features.version)), lineage, counts=counts
+    )
     source.unpersist()
     seconds = time.time() - start
     log.info(

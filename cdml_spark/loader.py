@@ -1,10 +1,12 @@
 """Petastorm → torch: stream the current Delta snapshot of `triplets` in fixed-size batches.
 
 The driver lists the parquet files of the table's current version (`snapshot_files`), so files
-left by older versions are never read. Each rank opens them with Petastorm's batch reader on its
-own shard (`cur_shard=rank`, `shard_count=world`: disjoint row groups, together all of them), so
-across ranks every row is read exactly once per epoch. Batches are re-cut to `batch_size` through
-a shuffle buffer. In ids-only mode the vectors are looked up from an in-memory feature table.
+left by older versions are never read; it refuses a snapshot whose files still hold rows that
+deletion vectors delete (Petastorm would return them). Each rank opens the files with Petastorm's
+batch reader on its own shard (`cur_shard=rank`, `shard_count=world`: disjoint row groups, together
+all of them), so across ranks every row is read exactly once per epoch. Batches are re-cut to
+`batch_size` through a shuffle buffer. In ids-only mode the vectors are looked up from an in-memory
+feature table.
 """
 
 from __future__ import annotations
@@ -15,18 +17,46 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 ROLES = ("anchor", "positive", "negative")
 
 
-def snapshot_files(spark: SparkSession, path: str, split: str | None = None) -> list[str]:
-    """Parquet files of a Delta table's current version (only its `split` partition, if given)."""
-    table = spark.read.format("delta").load(path)
-    return sorted((table.where(f"split = '{split}'") if split else table).inputFiles())
+class DeletedRowsInFiles(RuntimeError):
+    """The snapshot's parquet files hold rows that Delta deletion vectors mark deleted: a reader of the
+    files themselves would return them."""
+
+
+def snapshot_files(
+    spark: SparkSession, path: str, split: str | None = None, table: str | None = None
+) -> list[str]:
+    """Parquet files of a Delta table's current version (only its `split` partition, if given).
+    Raises `DeletedRowsInFiles` if they hold rows the snapshot deleted (`table` names it there)."""
+    snapshot = spark.read.format("delta").load(path)
+    if split:
+        snapshot = snapshot.where(F.col("split") == split)
+    files = sorted(snapshot.inputFiles())
+    deleted = parquet_rows(files) - snapshot.count()  # a DELETE/UPDATE/MERGE with deletion vectors
+    if deleted:
+        name = table or f"delta.`{path}`"
+        raise DeletedRowsInFiles(
+            f"{name}: {deleted:,} rows deleted by deletion vectors are still in its parquet files, "
+            f"which this job reads directly; run `REORG TABLE {name} APPLY (PURGE)` or rerun the job "
+            "that writes the table"
+        )
+    return files
+
+
+def _footer(file: str) -> pq.FileMetaData:
+    return pq.ParquetFile(file.removeprefix("file:")).metadata
+
+
+def parquet_rows(files: list[str]) -> int:
+    return sum(_footer(f).num_rows for f in files)
 
 
 def row_groups(files: list[str]) -> int:
-    return sum(pq.ParquetFile(f.removeprefix("file:")).num_row_groups for f in files)
+    return sum(_footer(f).num_row_groups for f in files)
 
 
 class UnknownVideoKey(KeyError):

@@ -89,7 +89,9 @@ def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
             F.col("embedding").alias("vector"),
             F.array("video_id").alias("exclude"),
         )
-        files = snapshot_files(spark, store.location(VIDEO_EMBEDDINGS))
+        files = snapshot_files(
+            spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS)
+        )
         result = blocked_top_k(spark, queries, files, cfg.neighbors.k, cfg.neighbors.block_size)
     else:
         result, recall = _ann_neighbors(spark, cfg, embeddings)

@@ -17,6 +17,7 @@ from cdml_spark.evaluation import evaluate
 from cdml_spark.events import run_ingest
 from cdml_spark.features import ingest_features
 from cdml_spark.graph import build_graph
+from cdml_spark.maintenance import maintain_tables
 from cdml_spark.neighbors import build_neighbors
 from cdml_spark.recommend import recommend
 from cdml_spark.summary import summary
@@ -37,6 +38,7 @@ STAGES: dict[str, Callable[..., object]] = {
     "recommend": recommend,
     "evaluate": evaluate,
     "summary": summary,
+    "maintain_tables": maintain_tables,
 }
 
 

@@ -11,14 +11,17 @@ SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
 def render(text: str, params: dict[str, object]) -> str:
-    """Substitute `${name}`; a name without a value is an error naming it."""
+    """Substitute `${name}` (`db` as a quoted identifier, the others escaped for string literals);
+    a name without a value is an error naming it."""
 
     def value(match: re.Match) -> str:
         name = match.group(1)
         if name not in params:
             raise KeyError(f"SQL parameter ${{{name}}} has no value")
         raw = str(params[name])
-        return raw if name == "db" else raw.replace("\\", "\\\\").replace("'", "\\'")
+        if name == "db":  # `db` or `catalog.schema`: quoted identifiers
+            return ".".join("`" + part.replace("`", "``") + "`" for part in raw.split("."))
+        return raw.replace("\\", "\\\\").replace("'", "\\'")
 
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return re.sub(r"\$\{(\w+)\}", value, body)

@@ -13,12 +13,14 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from delta.tables import DeltaTable
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -45,6 +47,7 @@ class TableSpec:
     comment: str = ""
     fields: tuple[T.StructField, ...] = ()
     partition_by: tuple[str, ...] = ()
+    guarded: bool = True  # writes refuse an empty or much smaller result (quarantines, reports: False)
 
     @property
     def schema(self) -> T.StructType:
@@ -75,6 +78,7 @@ WATCH_EVENTS_QUARANTINE = TableSpec(
         _field("watch_seconds", T.DoubleType(), "Seconds watched as read"),
         _field("reason", T.StringType(), "Rule that rejected the row", False),
     ),
+    guarded=False,
 )
 
 COWATCH_EDGES = TableSpec(
@@ -113,6 +117,7 @@ VIDEO_FEATURES_QUARANTINE = TableSpec(
         _field("reason", T.StringType(), "missing_video_id, missing_vector, wrong_dimension, ...", False),
         _field("modality", T.StringType(), "Modality whose vector failed (null for id problems)"),
     ),
+    guarded=False,
 )
 
 VIDEO_SPLITS = TableSpec(
@@ -243,6 +248,7 @@ EVAL_METRICS = TableSpec(
         _field("value", T.DoubleType(), "Metric value", False),
         _field("support", T.LongType(), "Queries, users or videos averaged over", False),
     ),
+    guarded=False,
 )
 
 ALL_TABLE_NAMES = (
@@ -260,6 +266,26 @@ ALL_TABLE_NAMES = (
     "user_recommendations",
     "eval_metrics",
 )
+
+RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration")
+# commits that leave the rows as they were (a recorded input version stays current across them)
+NON_DATA_OPERATIONS = frozenset(
+    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "REORG"}
+)
+
+
+def retention_properties(hours: int) -> dict[str, str]:
+    """Delta table properties that keep `hours` of history (log entries and removed data files)."""
+    return {key: f"interval {hours} hours" for key in RETENTION_PROPERTIES}
+
+
+def _quote(part: str) -> str:
+    return "`" + part.replace("`", "``") + "`"
+
+
+def _quote_dotted(name: str) -> str:
+    """`db` or `catalog.schema` (storage.database) as a quoted SQL identifier."""
+    return ".".join(_quote(part) for part in name.split("."))
 
 
 @dataclass(frozen=True)
@@ -287,6 +313,45 @@ class RefusedWrite(RuntimeError):
     version); the table was left untouched."""
 
 
+def check_quarantine(
+    table: str, input_rows: int, quarantined: dict[str, int], limit: float, key: str
+) -> None:
+    """Refuse an input that is empty or whose invalid share exceeds `limit` (config `key`)."""
+    if input_rows == 0:
+        raise RefusedWrite(f"{table} not replaced: the input has 0 rows")
+    bad = sum(quarantined.values())
+    if bad > limit * input_rows:
+        reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(quarantined.items(), key=lambda kv: -kv[1]))
+        raise RefusedWrite(
+            f"{table} not replaced: {bad:,} of {input_rows:,} input rows invalid ({bad / input_rows:.1%} > "
+            f"{key}={limit}): {reasons}; the rows and reasons are in the quarantine table"
+        )
+
+
+FAULT_HOLD_ENV = "CDML_FAULT_HOLD_WRITE"
+
+
+def fault_hold(spec: TableSpec, df: DataFrame) -> DataFrame:
+    """Test hook, in the spirit of Delta's own test hooks; `df` unchanged unless the environment sets
+    CDML_FAULT_HOLD_WRITE=<table>:<gate file>. Then the write of <table> runs as two tasks: the
+    first writes its data files, the second waits until <gate file> exists (at most 10 minutes), so
+    the transaction is open, with uncommitted files in the table folder, until the gate is opened.
+    tests/test_faults.py uses it to run two writers' transactions at the same time."""
+    table, _, gate = os.environ.get(FAULT_HOLD_ENV, "").partition(":")
+    if table != spec.name or not gate:
+        return df
+    log.warning("%s: %s set: holding the write until %s exists", spec.name, FAULT_HOLD_ENV, gate)
+
+    def passed(task: int) -> bool:
+        deadline = time.time() + 600
+        while task > 0 and not os.path.exists(gate) and time.time() < deadline:
+            time.sleep(0.05)
+        return True
+
+    gate_udf = F.udf(passed, T.BooleanType()).asNondeterministic()
+    return df.repartition(2).where(gate_udf(F.spark_partition_id()))
+
+
 class TableStore:
     """Reads and writes the project's tables by spec, wherever the config puts them."""
 
@@ -294,7 +359,8 @@ class TableStore:
         self.spark = spark
         self.storage = storage
         self.local = storage.tables_root is not None
-        spark.sql(f"CREATE {'DATABASE' if self.local else 'SCHEMA'} IF NOT EXISTS {storage.database}")
+        database = _quote_dotted(storage.database)
+        spark.sql(f"CREATE {'DATABASE' if self.local else 'SCHEMA'} IF NOT EXISTS {database}")
         if self.local:
             self._register_existing()
 
@@ -323,15 +389,24 @@ class TableStore:
         """Storage location of the table (its folder locally; from DESCRIBE DETAIL on a catalog)."""
         if self.local:
             return self.path(spec)
-        return self.spark.sql(f"DESCRIBE DETAIL {self.qualified(spec)}").first()["location"]
+        return self.spark.sql(f"DESCRIBE DETAIL {self.identifier(spec)}").first()["location"]
 
     def version(self, spec: TableSpec) -> int:
         """Current Delta version of the table (input identity for lineage)."""
         return self._delta(spec).history(1).first()["version"]
 
     def commit_inputs(self, spec: TableSpec) -> dict:
-        """The `inputs` recorded by the table's latest write ({} if none)."""
-        raw = self._delta(spec).history(1).first()["userMetadata"]
+        """The `inputs` recorded by the table's latest write ({} if none; maintenance commits such as
+        OPTIMIZE or VACUUM are skipped)."""
+        latest = (
+            self._delta(spec)
+            .history()
+            .where(~F.col("operation").isin(*NON_DATA_OPERATIONS))
+            .orderBy(F.desc("version"))
+            .select("userMetadata")
+            .first()
+        )
+        raw = latest["userMetadata"] if latest else None
         return json.loads(raw) if raw else {}
 
     def _delta(self, spec: TableSpec) -> DeltaTable:
@@ -339,30 +414,106 @@ class TableStore:
             return DeltaTable.forPath(self.spark, self.path(spec))
         return DeltaTable.forName(self.spark, self.qualified(spec))
 
-    def write(self, spec: TableSpec, df: DataFrame, lineage: Lineage, inputs: dict | None = None) -> None:
+    def delta_table(self, spec: TableSpec) -> DeltaTable:
+        """The table's DeltaTable handle (maintenance: optimize, vacuum, history, detail)."""
+        return self._delta(spec)
+
+    def identifier(self, spec: TableSpec) -> str:
+        """The table as a quoted SQL identifier (by path locally, as `read` does)."""
+        if self.local:
+            return f"delta.{_quote(self.path(spec))}"
+        return ".".join(_quote(part) for part in self.qualified(spec).split("."))
+
+    def commit(self, spec: TableSpec, version: int) -> dict | None:
+        """`version`'s commit: {version, operation, epoch (seconds), inputs (its userMetadata)}; None
+        once the log no longer holds it."""
+        rows = (
+            self._delta(spec)
+            .history()
+            .where(F.col("version") == version)
+            .select("version", "operation", F.col("timestamp").cast("long").alias("epoch"), "userMetadata")
+            .collect()
+        )
+        if not rows:
+            return None
+        raw = rows[0]["userMetadata"]
+        return {**rows[0].asDict(), "inputs": json.loads(raw) if raw else {}}
+
+    def data_changed_since(self, spec: TableSpec, version: int) -> bool:
+        """Whether the rows may differ from `version`'s: a later commit other than OPTIMIZE, VACUUM or
+        a property change, or later commits missing from the log."""
+        later = self._delta(spec).history().where(F.col("version") > version).select("operation").collect()
+        gaps = len(later) != self.version(spec) - version
+        return gaps or any(r["operation"] not in NON_DATA_OPERATIONS for r in later)
+
+    def set_retention(self, spec: TableSpec, hours: int) -> bool:
+        """Set the table's retention properties to `hours` (one commit) unless they already are."""
+        wanted = retention_properties(hours)
+        current = self._delta(spec).detail().first()["properties"]
+        if all(current.get(k) == v for k, v in wanted.items()):
+            return False
+        props = ", ".join(f"'{k}' = '{v}'" for k, v in wanted.items())
+        self.spark.sql(f"ALTER TABLE {self.identifier(spec)} SET TBLPROPERTIES ({props})")
+        return True
+
+    def write(
+        self,
+        spec: TableSpec,
+        df: DataFrame,
+        lineage: Lineage,
+        inputs: dict | None = None,
+        counts: dict | None = None,
+    ) -> int:
         """Replace `spec`'s table with `df` (cast to the spec's columns, with their comments) plus lineage,
-        in one atomic commit. `inputs` (e.g. the Delta versions read) is stored as the commit's
-        userMetadata (JSON) and read back by `commit_inputs`."""
+        in one atomic commit; returns the rows written. The commit's userMetadata (JSON) holds the run id,
+        the row count, `counts` (e.g. quarantined rows) and `inputs` (e.g. the Delta versions read; read
+        back by `commit_inputs`). A guarded spec's write is refused (`RefusedWrite`, table untouched)
+        when `df` is empty or has fewer than `storage.min_row_ratio` × the current version's rows."""
         missing = [f.name for f in spec.fields if f.name not in df.columns]
         if missing:
             raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
         cols = [*[F.col(f.name).cast(f.dataType) for f in spec.fields], *lineage.columns()]
         out = df.select(
             *[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields, strict=False)]
-        )
-        self._create_or_migrate(spec)
-        writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
-        if inputs is not None:
-            writer = writer.option("userMetadata", json.dumps({"run_id": lineage.run_id, **inputs}))
-        if self.local:
-            writer.save(self.path(spec))
-        else:
-            writer.saveAsTable(self.qualified(spec))
+        ).persist(StorageLevel.MEMORY_AND_DISK)  # counted for the guard, then written from the cache
+        try:
+            rows = out.count()
+            if spec.guarded:
+                self._check_rows(spec, rows)
+            self._create_or_migrate(spec)
+            metadata = {"run_id": lineage.run_id, "rows": rows, **(counts or {}), **(inputs or {})}
+            writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+            writer = writer.option("userMetadata", json.dumps(metadata, default=str))
+            if self.local:
+                writer.save(self.path(spec))
+            else:
+                writer.saveAsTable(self.qualified(spec))
+        finally:
+            out.unpersist()
+        log.info("%s: %s rows written (v%s)", self.qualified(spec), f"{rows:,}", self.version(spec))
+        return rows
+
+    def _check_rows(self, spec: TableSpec, rows: int) -> None:
+        """Refuse an empty result, or one under `min_row_ratio` × the current version's rows."""
+        current = self.read(spec).count() if self.exists(spec) else 0  # Delta answers from file stats
+        where = f"{self.qualified(spec)} not replaced"
+        if rows == 0:
+            held = (
+                f"it stays at v{self.version(spec)} with {current:,} rows" if current else "it is left as is"
+            )
+            raise RefusedWrite(f"{where}: the job produced 0 rows; {held}")
+        ratio = self.storage.min_row_ratio
+        if rows < ratio * current:
+            raise RefusedWrite(
+                f"{where}: {rows:,} new rows < storage.min_row_ratio={ratio} × {current:,} rows of "
+                f"v{self.version(spec)}; for a deliberate shrink rerun with --set storage.min_row_ratio=0"
+            )
 
     def _create_or_migrate(self, spec: TableSpec) -> None:
         """Create the empty table (schema with NOT NULLs and comments, table comment) if missing. An
         existing table with another schema or partitioning (left by an older code version) is
-        replaced by the empty new one first (its own commit; the old data stays in the history)."""
+        replaced by the empty new one first (its own commit; the old data stays in the history). Both
+        keep `storage.retention_hours` of history (`retention_properties`)."""
         if self.exists(spec):
             current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
             partitions = tuple(self._delta(spec).detail().first()["partitionColumns"])
@@ -380,7 +531,10 @@ class TableStore:
             builder = DeltaTable.createIfNotExists(self.spark)
         # locally the table is created by path and registered by name afterwards
         builder = builder.location(self.path(spec)) if self.local else builder.tableName(self.qualified(spec))
-        builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment).execute()
+        builder = builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment)
+        for key, value in retention_properties(self.storage.retention_hours).items():
+            builder = builder.property(key, value)
+        builder.execute()
         if self.local:
             self._register(spec.name)
 
@@ -390,7 +544,9 @@ class TableStore:
                 self._register(name)
 
     def _register(self, name: str) -> None:
-        path = os.path.abspath(os.path.join(self.storage.tables_root, name))
-        self.spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {self.storage.database}.{name} USING DELTA LOCATION '{path}'"
-        )
+        """Register the Delta folder `name` as `<database>.<name>` unless that name is taken (the
+        catalog API: the path never goes through SQL text)."""
+        table = f"{_quote_dotted(self.storage.database)}.{_quote(name)}"
+        if not self.spark.catalog.tableExists(table):
+            path = os.path.abspath(os.path.join(self.storage.tables_root, name))
+            self.spark.catalog.createTable(table, path=path, source="delta")

@@ -482,7 +482,7 @@ def train(
             embedding_dim=tc.embedding_dim,
             dropout=tc.dropout,
         ),
-        train_files=snapshot_files(spark, location, "train"),
+        train_files=snapshot_files(spark, location, "train", store.qualified(table)),
         batch_size=tc.batch_size,
         epochs=tc.epochs,
         patience=tc.patience,

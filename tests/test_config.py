@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cdml_spark.config import ConfigError, load_config
-from tests.conftest import ROOT
+from cdml_spark.sql_queries import render
+from cdml_spark.tables import VIDEO_METADATA, Lineage, TableStore
+from tests.conftest import ROOT, make_config
 
 
 @pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml"])
@@ -54,3 +56,59 @@ def test_zero_margin_with_semi_hard_mining_is_rejected():
         load_config(ROOT / "conf/local.yaml", ["training.margin=0", "training.miner=none"]).training.margin
         == 0
     )
+
+
+@pytest.mark.parametrize("name", ["cdml-dev", "cdml; DROP TABLE x", "a.b.c", "1db", "db.", "`db`", ""])
+def test_bad_database_name_is_named(name):
+    with pytest.raises(ConfigError, match="config key 'storage.database'"):
+        load_config(ROOT / "conf/local.yaml", [f"storage.database={name!r}"])
+
+
+@pytest.mark.parametrize("name", ["cdml", "main.cdml", "_x.Y_2"])
+def test_plain_database_names_are_accepted(name):
+    assert load_config(ROOT / "conf/local.yaml", [f"storage.database={name}"]).storage.database == name
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("events.columns.user_id='us`er'", "events.columns.user_id"),
+        ('events.columns.watch_seconds="secs\\n"', "events.columns.watch_seconds"),
+        ("features.columns={video_id: 'id`x'}", "features.columns.video_id"),
+    ],
+)
+def test_unsafe_source_column_is_named(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'.*backtick or control characters"):
+        load_config(ROOT / "conf/local.yaml", [override])
+
+
+def test_odd_source_column_names_are_accepted():
+    cfg = load_config(
+        ROOT / "conf/local.yaml",
+        ["events.columns.user_id='viewer id (raw)'", "features.columns={video_id: 'video.id'}"],
+    )
+    assert (cfg.events.columns.user_id, cfg.features.columns) == ("viewer id (raw)", {"video_id": "video.id"})
+
+
+META = "video_id string, title string, genres array<string>"
+
+
+def test_tables_root_with_a_quote(spark, tmp_path):
+    cfg = make_config(tmp_path / "it's_tables")
+    df = spark.createDataFrame([("v1", "Schindler's List (1993)", ["Drama"])], META)
+    TableStore(spark, cfg.storage).write(VIDEO_METADATA, df, Lineage.new("t", {}))
+    store = TableStore(spark, cfg.storage)  # finds the table already registered
+    assert [(r.video_id, r.title) for r in store.read(VIDEO_METADATA).collect()] == [
+        ("v1", "Schindler's List (1993)")
+    ]
+    other = make_config(tmp_path / "it's_tables").storage  # another database: registers the folder
+    TableStore(spark, other)
+    for db in (cfg.storage.database, other.database):
+        assert [r.title for r in spark.table(f"{db}.video_metadata").collect()] == ["Schindler's List (1993)"]
+        location = spark.sql(f"DESCRIBE DETAIL {db}.video_metadata").first()["location"]
+        assert location.endswith("/it's_tables/video_metadata")
+    rendered = render(
+        "SELECT title FROM ${db}.video_metadata WHERE title = '${t}'",
+        {"db": other.database, "t": "Schindler's List (1993)"},
+    )
+    assert spark.sql(rendered).count() == 1  # the sql/ files' quoting runs on Spark

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
 
-from cdml_spark.events import InputSchemaError, ingest_events, read_events_source, run_ingest
+from cdml_spark.events import (
+    InputSchemaError,
+    ingest_events,
+    read_events_source,
+    run_ingest,
+    validate_events,
+)
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore
 
 SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
@@ -33,8 +39,11 @@ ROWS = [
 ]
 
 
+LENIENT = "events.max_quarantine_fraction=1"  # these inputs are mostly bad rows on purpose
+
+
 def test_quarantine_reasons_and_counts(spark, cfg_factory):
-    cfg = cfg_factory()
+    cfg = cfg_factory(LENIENT)
     report = ingest_events(spark, cfg, spark.createDataFrame(ROWS, SCHEMA))
     assert report.input_rows == 14
     assert report.written == 3
@@ -61,7 +70,7 @@ def test_quarantine_reasons_and_counts(spark, cfg_factory):
 
 
 def test_rerun_replaces_instead_of_appending(spark, cfg_factory):
-    cfg = cfg_factory()
+    cfg = cfg_factory(LENIENT)
     df = spark.createDataFrame(ROWS, SCHEMA)
     ingest_events(spark, cfg, df)
     ingest_events(spark, cfg, df)
@@ -71,7 +80,7 @@ def test_rerun_replaces_instead_of_appending(spark, cfg_factory):
 
 
 def test_table_left_by_an_older_layout_is_replaced_once(spark, cfg_factory):
-    cfg = cfg_factory()
+    cfg = cfg_factory(LENIENT)
     store = TableStore(spark, cfg.storage)
     older = dataclasses.replace(WATCH_EVENTS, fields=WATCH_EVENTS.fields[:4], partition_by=("user_id",))
     store.write(older, spark.createDataFrame([("u9", "v9", TS, 1.0)], SCHEMA), Lineage.new("old", {}))
@@ -89,7 +98,7 @@ def test_table_left_by_an_older_layout_is_replaced_once(spark, cfg_factory):
 
 
 def test_string_and_numeric_inputs_are_parsed(spark, cfg_factory):
-    cfg = cfg_factory("events.timestamp_unit=milliseconds")
+    cfg = cfg_factory(LENIENT, "events.timestamp_unit=milliseconds")
     df = spark.createDataFrame(
         [(7, 42, 1_767_225_600_000, "12.5"), (7, 43, 1_767_225_600_000, "abc")],
         "user_id long, video_id int, event_ts long, watch_seconds string",
@@ -152,3 +161,88 @@ def test_movielens_100k_ingest(spark, cfg_factory):
     events = TableStore(spark, cfg.storage).read(WATCH_EVENTS)
     counts = events.agg(F.countDistinct("user_id"), F.countDistinct("video_id")).first()
     assert tuple(counts) == (943, 1682)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HEADER = "user_id,video_id,event_ts,watch_seconds\n"
+
+
+def _micros(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(microseconds=1)
+
+
+def _epoch_s(seconds: int, micros: int = 0) -> int:
+    """Microseconds since the epoch of `seconds` (+ `micros`), the Python way."""
+    return _micros(datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=micros))
+
+
+def _parsed(
+    spark, cfg_factory, path, fmt: str, unit: str = "seconds"
+) -> dict[str, tuple[int | None, str | None]]:
+    """user_id -> (event_ts in microseconds since the epoch, reason), through the real reader path."""
+    cfg = cfg_factory(
+        "events.source=path", f"events.path={path}", f"events.format={fmt}", f"events.timestamp_unit={unit}"
+    )
+    checked = validate_events(read_events_source(spark, cfg), cfg.events)
+    rows = checked.select("user_id", F.unix_micros("event_ts").alias("us"), "reason").collect()
+    return {r.user_id: (r.us, r.reason) for r in rows}
+
+
+def test_csv_epoch_seconds_are_parsed_row_by_row(spark, cfg_factory, tmp_path):
+    src = tmp_path / "log.csv"
+    lines = ["a,v,1700000000,1", 'b,v," 1767225600 ",1', "c,v,+1700000000.25,1", "d,v,1.7e9,1"]
+    lines += ["e,v,2026-02-01T10:00:00Z,1", "f,v,17000x,1", "g,v,-1,1"]
+    src.write_text(HEADER + "\n".join(lines) + "\n")
+    assert _parsed(spark, cfg_factory, src, "csv") == {
+        "a": (_epoch_s(1_700_000_000), None),
+        "b": (_epoch_s(1_767_225_600), None),
+        "c": (_epoch_s(1_700_000_000, 250_000), None),
+        "d": (_epoch_s(1_700_000_000), None),
+        "e": (_micros(datetime(2026, 2, 1, 10, tzinfo=UTC)), None),  # ISO in the same column
+        "f": (None, "invalid_event_ts"),
+        "g": (_epoch_s(-1), "event_ts_out_of_range"),
+    }
+
+
+def test_csv_epoch_milliseconds(spark, cfg_factory, tmp_path):
+    src = tmp_path / "log.csv"
+    lines = ["a,v,1700000000123,1", "b,v,1767225600000.5,1", "c,v,2026-02-01 10:00:00,1", "d,v,soon,1"]
+    src.write_text(HEADER + "\n".join(lines) + "\n")
+    assert _parsed(spark, cfg_factory, src, "csv", "milliseconds") == {
+        "a": (_epoch_s(1_700_000_000, 123_000), None),
+        "b": (_epoch_s(1_767_225_600, 500), None),
+        "c": (_micros(datetime(2026, 2, 1, 10, tzinfo=UTC)), None),
+        "d": (None, "invalid_event_ts"),
+    }
+
+
+def test_csv_iso_strings(spark, cfg_factory, tmp_path):
+    src = tmp_path / "log.csv"
+    values = ["2026-02-01 10:00:00", "2026-02-01T10:00:00.123456Z", "2026-02-01T11:00:00+01:00", "2026-02-01"]
+    lines = [f"u{i},v,{value},1" for i, value in enumerate(values)] + ["bad,v,yesterday,1", "none,v,,1"]
+    src.write_text(HEADER + "\n".join(lines) + "\n")
+    expected = {
+        "u0": (_micros(datetime(2026, 2, 1, 10, tzinfo=UTC)), None),
+        "u1": (_micros(datetime(2026, 2, 1, 10, 0, 0, 123_456, tzinfo=UTC)), None),
+        "u2": (_micros(datetime.fromisoformat(values[2])), None),  # 10:00 UTC
+        "u3": (_micros(datetime(2026, 2, 1, tzinfo=UTC)), None),
+        "bad": (None, "invalid_event_ts"),
+        "none": (None, "null_event_ts"),
+    }
+    assert _parsed(spark, cfg_factory, src, "csv") == expected
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+def test_numeric_epoch_seconds_in_parquet_and_delta(spark, cfg_factory, tmp_path, fmt):
+    rows = [("a", 1_700_000_000.0), ("b", 1_767_225_600.5), ("c", 1_700_000_000.123456), ("d", float("nan"))]
+    df = spark.createDataFrame(
+        [(u, "v", ts, 1.0) for u, ts in rows],
+        "user_id string, video_id string, event_ts double, watch_seconds double",
+    )
+    df.write.format(fmt).save(str(tmp_path / "src"))
+    assert _parsed(spark, cfg_factory, tmp_path / "src", fmt) == {
+        "a": (_epoch_s(1_700_000_000), None),
+        "b": (_epoch_s(1_767_225_600, 500_000), None),
+        "c": (_epoch_s(1_700_000_000, 123_456), None),
+        "d": (None, "invalid_event_ts"),
+    }

@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from cdml_spark.events import InputSchemaError
-from cdml_spark.features import ingest_features, write_features
+from cdml_spark.features import ingest_features, validate_features, write_features
 from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, TableStore, video_features_spec
 
 TWO = "features.modalities=[{name: vis, dim: 3}, {name: aud, dim: 2}]"
@@ -19,7 +19,7 @@ def features_of(spark, cfg) -> dict:
 
 
 def test_validation_quarantines_bad_vectors(spark, cfg_factory):
-    cfg = cfg_factory(TWO, "features.source=path")
+    cfg = cfg_factory(TWO, "features.source=path", "features.max_quarantine_fraction=1")  # mostly bad
     rows = [
         ("a", [3.0, 4.0, 0.0], [1.0, 0.0]),  # valid; l2-normalised to [.6, .8, 0]
         ("b", [1.0, 1.0], [1.0, 0.0]),  # vis wrong_dimension
@@ -50,6 +50,30 @@ def test_validation_quarantines_bad_vectors(spark, cfg_factory):
     }
     got = features_of(spark, cfg)
     assert np.allclose(got["a"].vis, [0.6, 0.8, 0.0]) and got["a"].feature_version == cfg.features.version
+
+
+def _kept_and_quarantined(spark, cfg, rows) -> tuple[dict, list]:
+    df = spark.createDataFrame(rows, "video_id string, vis array<double>, aud array<double>")
+    valid, quarantine = validate_features(df, cfg.features)
+    kept = {r.video_id: (list(r.vis), list(r.aud)) for r in valid.collect()}
+    return kept, sorted((r.video_id, r.reason) for r in quarantine.collect())
+
+
+def test_duplicate_rule_keeps_one_valid_row_per_video(spark, cfg_factory):
+    cfg = cfg_factory(TWO, "features.source=path", "features.l2_normalize=false")
+    valid_a = ("a", [1.0, 2.0, 2.0], [0.0, 1.0])
+    bad_a = [("a", [1.0, 2.0], [0.0, 1.0]), ("a", [1.0, 2.0, float("nan")], [0.0, 1.0])]
+    b_rows = [("b", [1.0, 0.0, 0.0], [1.0, 0.0]), ("b", [0.0, 1.0, 0.0], [0.0, 1.0])]
+    # precondition: both invalid "a" rows sort before the valid one by the vectors' hash (the old rule)
+    hashes = spark.createDataFrame([valid_a, *bad_a], "video_id string, vis array<double>, aud array<double>")
+    assert list(hashes.orderBy(F.xxhash64("vis", "aud").desc()).first().vis) == valid_a[1]
+
+    kept, quarantined = _kept_and_quarantined(spark, cfg, [*bad_a, valid_a, *b_rows])
+    assert kept["a"] == (valid_a[1], valid_a[2])
+    assert kept["b"] in [(vis, aud) for _, vis, aud in b_rows]
+    assert quarantined == [("a", "non_finite_values"), ("a", "wrong_dimension"), ("b", "duplicate_video_id")]
+    again, _ = _kept_and_quarantined(spark, cfg, [*reversed(b_rows), valid_a, *bad_a])
+    assert again == kept  # the same valid row wins whatever the input order
 
 
 def test_wrong_feature_type_fails_before_writing(spark, cfg_factory):

@@ -111,6 +111,14 @@ def test_example_sql_runs(spark, served):
         run_sql_file(spark, "neighbors_of_video", db=db)
 
 
+def test_render_quotes_the_database():
+    sql = "SELECT * FROM ${db}.video_neighbors WHERE video_id = '${v}'"
+    assert render(sql, {"db": "main.cdml", "v": "a'b"}) == (
+        "SELECT * FROM `main`.`cdml`.video_neighbors WHERE video_id = 'a\\'b'"
+    )
+    assert render("${db}.t", {"db": "x`y"}) == "`x``y`.t"
+
+
 def test_tables_readable_by_deltalake(spark, served):
     deltalake = pytest.importorskip("deltalake")
     cfg, store, _, _, _ = served
