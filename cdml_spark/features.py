@@ -110,10 +110,11 @@ def write_features(
     )  # computed once (text encoding is costly), read twice
     valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
     input_rows = source.count()
+    invalid_videos = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+    if upstream_quarantine is not None:  # bad frames: reported, but not part of the videos' invalid share
+        quarantine = quarantine.unionByName(upstream_quarantine)
     reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
     counts = {"input_rows": input_rows, "quarantined": reasons}
-    if upstream_quarantine is not None:  # frames: counted in their own job log, not in the video share
-        quarantine = quarantine.unionByName(upstream_quarantine)
     store = TableStore(spark, cfg.storage)
     lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)
     spec = video_features_spec(cfg.features.modalities)
@@ -122,7 +123,7 @@ def write_features(
     check_quarantine(
         store.qualified(spec),
         input_rows,
-        reasons,
+        invalid_videos,
         cfg.features.max_quarantine_fraction,
         "features.max_quarantine_fraction",
     )

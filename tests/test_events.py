@@ -139,7 +139,7 @@ def test_path_source_with_column_mapping(spark, cfg_factory, tmp_path):
     src.write_text("viewer,item,when,secs\na,x,2026-02-01 10:00:00,30\nb,x,2026-02-01 11:00:00,-1\n")
     mapping = "{user_id: viewer, video_id: item, event_ts: when, watch_seconds: secs}"
     cfg = cfg_factory(
-        "events.source=path", f"events.path={src}", "events.format=csv", f"events.columns={mapping}"
+        LENIENT, "events.source=path", f"events.path={src}", "events.format=csv", f"events.columns={mapping}"
     )
     report = run_ingest(spark, cfg)
     assert (report.written, report.quarantined) == (1, {"negative_watch_seconds": 1})

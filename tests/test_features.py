@@ -142,6 +142,7 @@ def test_frame_pca_and_pooling_equal_numpy(spark, cfg_factory, tmp_path, whiten)
         f"features.frames.path={tmp_path / 'frames2'}",
         f"features.frames.model_dir={tmp_path / 'pca'}",
         f"features.frames.whiten={str(whiten).lower()}",
+        "storage.min_row_ratio=0",  # a deliberate shrink: 1 of the 12 videos
     )
     ingest_features(spark, cfg2)
     assert np.allclose(np.array(features_of(spark, cfg2)["v1"].vis) * sign, expected["v1"], atol=1e-4)
