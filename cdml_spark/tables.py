@@ -482,7 +482,9 @@ class TableStore:
                 self._check_rows(spec, rows)
             self._create_or_migrate(spec)
             metadata = {"run_id": lineage.run_id, "rows": rows, **(counts or {}), **(inputs or {})}
-            writer = out.write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+            writer = (
+                fault_hold(spec, out).write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+            )
             writer = writer.option("userMetadata", json.dumps(metadata, default=str))
             if self.local:
                 writer.save(self.path(spec))
