@@ -118,7 +118,7 @@ class EventsConfig(_Strict):
     format: Literal["parquet", "csv", "delta"] = "parquet"
     columns: ColumnMapping = ColumnMapping()
     timestamp_unit: Literal["seconds", "milliseconds"] = Field(
-        default="seconds", description="Unit of numeric event_ts columns"
+        default="seconds", description="Unit of epoch event_ts values (numbers, or strings of digits)"
     )
     min_event_ts: datetime
     max_event_ts: datetime
