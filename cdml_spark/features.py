@@ -96,6 +96,10 @@ def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, Da
     return valid, quarantine
 
 
+def reason_counts(quarantine: DataFrame) -> dict[str, int]:
+    return {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+
+
 def write_features(
     spark: SparkSession,
     cfg: AppConfig,
@@ -110,10 +114,12 @@ def write_features(
     )  # computed once (text encoding is costly), read twice
     valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
     input_rows = source.count()
-    invalid_videos = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+    invalid_videos = reason_counts(quarantine)
+    reasons = dict(invalid_videos)
     if upstream_quarantine is not None:  # bad frames: reported, but not part of the videos' invalid share
         quarantine = quarantine.unionByName(upstream_quarantine)
-    reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+        for reason, count in reason_counts(upstream_quarantine).items():
+            reasons[reason] = reasons.get(reason, 0) + count
     counts = {"input_rows": input_rows, "quarantined": reasons}
     store = TableStore(spark, cfg.storage)
     lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
+from cdml_spark.tables import quote_dotted
+
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
@@ -20,7 +22,7 @@ def render(text: str, params: dict[str, object]) -> str:
             raise KeyError(f"SQL parameter ${{{name}}} has no value")
         raw = str(params[name])
         if name == "db":  # `db` or `catalog.schema`: quoted identifiers
-            return ".".join("`" + part.replace("`", "``") + "`" for part in raw.split("."))
+            return quote_dotted(raw)
         return raw.replace("\\", "\\\\").replace("'", "\\'")
 
     body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))

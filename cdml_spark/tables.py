@@ -283,8 +283,8 @@ def _quote(part: str) -> str:
     return "`" + part.replace("`", "``") + "`"
 
 
-def _quote_dotted(name: str) -> str:
-    """`db` or `catalog.schema` (storage.database) as a quoted SQL identifier."""
+def quote_dotted(name: str) -> str:
+    """A dotted name (`db`, `catalog.schema`, `db.table`) as a quoted SQL identifier."""
     return ".".join(_quote(part) for part in name.split("."))
 
 
@@ -359,7 +359,7 @@ class TableStore:
         self.spark = spark
         self.storage = storage
         self.local = storage.tables_root is not None
-        database = _quote_dotted(storage.database)
+        database = quote_dotted(storage.database)
         spark.sql(f"CREATE {'DATABASE' if self.local else 'SCHEMA'} IF NOT EXISTS {database}")
         if self.local:
             self._register_existing()
@@ -393,13 +393,13 @@ class TableStore:
 
     def version(self, spec: TableSpec) -> int:
         """Current Delta version of the table (input identity for lineage)."""
-        return self._delta(spec).history(1).first()["version"]
+        return self.delta_table(spec).history(1).first()["version"]
 
     def commit_inputs(self, spec: TableSpec) -> dict:
         """The `inputs` recorded by the table's latest write ({} if none; maintenance commits such as
         OPTIMIZE or VACUUM are skipped)."""
         latest = (
-            self._delta(spec)
+            self.delta_table(spec)
             .history()
             .where(~F.col("operation").isin(*NON_DATA_OPERATIONS))
             .orderBy(F.desc("version"))
@@ -409,26 +409,23 @@ class TableStore:
         raw = latest["userMetadata"] if latest else None
         return json.loads(raw) if raw else {}
 
-    def _delta(self, spec: TableSpec) -> DeltaTable:
+    def delta_table(self, spec: TableSpec) -> DeltaTable:
+        """The table's DeltaTable handle (history, detail, optimize, vacuum)."""
         if self.local:
             return DeltaTable.forPath(self.spark, self.path(spec))
         return DeltaTable.forName(self.spark, self.qualified(spec))
-
-    def delta_table(self, spec: TableSpec) -> DeltaTable:
-        """The table's DeltaTable handle (maintenance: optimize, vacuum, history, detail)."""
-        return self._delta(spec)
 
     def identifier(self, spec: TableSpec) -> str:
         """The table as a quoted SQL identifier (by path locally, as `read` does)."""
         if self.local:
             return f"delta.{_quote(self.path(spec))}"
-        return ".".join(_quote(part) for part in self.qualified(spec).split("."))
+        return quote_dotted(self.qualified(spec))
 
     def commit(self, spec: TableSpec, version: int) -> dict | None:
         """`version`'s commit: {version, operation, epoch (seconds), inputs (its userMetadata)}; None
         once the log no longer holds it."""
         rows = (
-            self._delta(spec)
+            self.delta_table(spec)
             .history()
             .where(F.col("version") == version)
             .select("version", "operation", F.col("timestamp").cast("long").alias("epoch"), "userMetadata")
@@ -442,14 +439,16 @@ class TableStore:
     def data_changed_since(self, spec: TableSpec, version: int) -> bool:
         """Whether the rows may differ from `version`'s: a later commit other than OPTIMIZE, VACUUM or
         a property change, or later commits missing from the log."""
-        later = self._delta(spec).history().where(F.col("version") > version).select("operation").collect()
+        later = (
+            self.delta_table(spec).history().where(F.col("version") > version).select("operation").collect()
+        )
         gaps = len(later) != self.version(spec) - version
         return gaps or any(r["operation"] not in NON_DATA_OPERATIONS for r in later)
 
     def set_retention(self, spec: TableSpec, hours: int) -> bool:
         """Set the table's retention properties to `hours` (one commit) unless they already are."""
         wanted = retention_properties(hours)
-        current = self._delta(spec).detail().first()["properties"]
+        current = self.delta_table(spec).detail().first()["properties"]
         if all(current.get(k) == v for k, v in wanted.items()):
             return False
         props = ", ".join(f"'{k}' = '{v}'" for k, v in wanted.items())
@@ -518,7 +517,7 @@ class TableStore:
         keep `storage.retention_hours` of history (`retention_properties`)."""
         if self.exists(spec):
             current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
-            partitions = tuple(self._delta(spec).detail().first()["partitionColumns"])
+            partitions = tuple(self.delta_table(spec).detail().first()["partitionColumns"])
             if (
                 current == [(f.name, f.dataType, f.nullable) for f in spec.schema]
                 and partitions == spec.partition_by
@@ -548,7 +547,7 @@ class TableStore:
     def _register(self, name: str) -> None:
         """Register the Delta folder `name` as `<database>.<name>` unless that name is taken (the
         catalog API: the path never goes through SQL text)."""
-        table = f"{_quote_dotted(self.storage.database)}.{_quote(name)}"
+        table = f"{quote_dotted(self.storage.database)}.{_quote(name)}"
         if not self.spark.catalog.tableExists(table):
             path = os.path.abspath(os.path.join(self.storage.tables_root, name))
             self.spark.catalog.createTable(table, path=path, source="delta")

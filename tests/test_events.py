@@ -87,7 +87,7 @@ def test_table_left_by_an_older_layout_is_replaced_once(spark, cfg_factory):
     df = spark.createDataFrame(ROWS, SCHEMA)
     ingest_events(spark, cfg, df)
     ingest_events(spark, cfg, df)
-    table = store._delta(WATCH_EVENTS)
+    table = store.delta_table(WATCH_EVENTS)
     assert table.detail().first()["partitionColumns"] == []
     assert [(f.name, f.nullable) for f in store.read(WATCH_EVENTS).schema] == [
         (f.name, f.nullable) for f in WATCH_EVENTS.schema

@@ -33,7 +33,7 @@ import torch
 from deltalake import DeltaTable
 
 from cdml_spark.tables import FAULT_HOLD_ENV
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SMALL
 
 BIN = Path(sys.executable).parent
 LINEAGE = ["run_id", "params_hash", "built_at"]
@@ -46,19 +46,7 @@ WRITES = {  # job -> the table killed mid-write
 }
 TINY = [
     "spark.shuffle_partitions=2",
-    "events.source=synthetic",
-    "events.synthetic.num_events=12000",
-    "events.synthetic.num_users=300",
-    "events.synthetic.num_videos=206",
-    "events.synthetic.num_topics=10",
-    "events.synthetic.partitions=2",
-    "features.source=synthetic",
-    "features.modalities=[{name: vis, dim: 4}, {name: aud, dim: 3}]",
-    "features.synthetic.noise=0.3",
-    "graph.max_neighbors=10",
-    "triplets.positives_per_anchor=3",
-    "triplets.negatives_per_positive=2",
-    "triplets.validation_fraction=0.15",
+    *(s for s in SMALL if not s.startswith("triplets.cold_fraction")),
     "training.hidden=[16]",
     "training.embedding_dim=8",
     "training.batch_size=32",
