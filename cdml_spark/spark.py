@@ -38,13 +38,16 @@ def get_spark(cfg: AppConfig) -> SparkSession:
     """Active session if there is one (Databricks, or a job that already built it), else a new one.
 
     Under spark-submit the JVM already exists: its master and jars come from the command line and
-    `spark-defaults.conf` (setup writes one into the venv's pyspark); we only add SQL settings.
+    `spark-defaults.conf` (setup writes one into this clone's `.venv/spark-conf`); we only add SQL settings.
     """
     spark = SparkSession.getActiveSession()
     if spark is None:
         builder = SparkSession.builder.appName(cfg.spark.app_name)
         if "PYSPARK_GATEWAY_PORT" not in os.environ:  # plain `python job.py`: we launch the JVM
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+            clone_conf = os.path.join(sys.prefix, "spark-conf")  # written by setup into this clone's .venv
+            if os.path.isdir(clone_conf):
+                os.environ.setdefault("SPARK_CONF_DIR", clone_conf)
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             builder = (
                 builder.master(cfg.spark.master)

