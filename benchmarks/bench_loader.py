@@ -16,9 +16,9 @@ import torch
 
 from cdml_spark.cli import setup_logging
 from cdml_spark.config import load_config
-from cdml_spark.loader import iterate_batches, snapshot_files
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import TableStore, triplets_spec
+from cdml_spark.training.loader import iterate_batches, snapshot_files
 
 
 def main() -> None:

@@ -23,12 +23,12 @@ import pandas as pd
 
 from cdml_spark.cli import setup_logging
 from cdml_spark.config import AppConfig, load_config
-from cdml_spark.evaluation import protocol_split, training_events, workspace_config
+from cdml_spark.evaluation.protocols import protocol_split, training_events, workspace_config
 from cdml_spark.events import ingest_events, read_events_source, validate_events
-from cdml_spark.features import ingest_features
+from cdml_spark.features.ingest import ingest_features
 from cdml_spark.graph import build_graph
 from cdml_spark.spark import get_spark
-from cdml_spark.train import train
+from cdml_spark.training.train import train
 from cdml_spark.triplets import make_triplets
 
 log = logging.getLogger("sweep")

@@ -12,10 +12,10 @@ from delta import exceptions as delta_errors
 
 from cdml_spark.config import AppConfig, ConfigError, load_config
 from cdml_spark.events import InputSchemaError
-from cdml_spark.loader import DeletedRowsInFiles
 from cdml_spark.spark import SetupError, get_spark
 from cdml_spark.tables import RefusedWrite
-from cdml_spark.train_inputs import StaleTriplets
+from cdml_spark.training.inputs import StaleTriplets
+from cdml_spark.training.loader import DeletedRowsInFiles
 
 log = logging.getLogger("cdml_spark")
 

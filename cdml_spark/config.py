@@ -221,7 +221,7 @@ class TrainingConfig(_Strict):
     margin: float = Field(default=0.2, ge=0, description="alpha of the triplet hinge")
     miner: Literal["none", "semi_hard", "hardest"] = Field(
         default="semi_hard",
-        description="In-batch negative re-picking (cdml_spark.mining); none = the triplets' own negatives",
+        description="In-batch negative re-picking (cdml_spark.training.mining); none = the triplets' own negatives",
     )
     pool_positives: bool = Field(
         default=True, description="The miner's candidates include the batch's positives, not only negatives"

@@ -22,7 +22,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig
-from cdml_spark.embed import resolve_model
+from cdml_spark.serving.embed import resolve_model
 from cdml_spark.tables import ALL_TABLE_NAMES, TableSpec, TableStore
 
 log = logging.getLogger(__name__)

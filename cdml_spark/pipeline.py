@@ -12,17 +12,17 @@ from collections.abc import Callable
 from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig, ConfigError
-from cdml_spark.embed import embed_catalog
-from cdml_spark.evaluation import evaluate
+from cdml_spark.evaluation.run import evaluate
 from cdml_spark.events import run_ingest
-from cdml_spark.features import ingest_features
+from cdml_spark.features.ingest import ingest_features
 from cdml_spark.graph import build_graph
 from cdml_spark.maintenance import maintain_tables
-from cdml_spark.neighbors import build_neighbors
-from cdml_spark.recommend import recommend
+from cdml_spark.serving.embed import embed_catalog
+from cdml_spark.serving.neighbors import build_neighbors
+from cdml_spark.serving.recommend import recommend
 from cdml_spark.summary import summary
 from cdml_spark.tables import Lineage
-from cdml_spark.train import train
+from cdml_spark.training.train import train
 from cdml_spark.triplets import make_triplets
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
-from cdml_spark.eval_report import headline
+from cdml_spark.evaluation.report import headline
 from cdml_spark.tables import (
     ALL_TABLE_NAMES,
     COWATCH_EDGES,

@@ -224,7 +224,7 @@ USER_RECOMMENDATIONS = TableSpec(
 EVAL_METRICS = TableSpec(
     "eval_metrics",
     "Offline evaluation (jobs/evaluate.py): retrieval, recommendation and genre classification "
-    "metrics of CDML and baselines per dataset and protocol; definitions in cdml_spark/metrics.py.",
+    "metrics of CDML and baselines per dataset and protocol; definitions in cdml_spark/evaluation/metrics.py.",
     (
         _field("model_version", T.StringType(), "CDML model evaluated (null for baselines)"),
         _field("dataset", T.StringType(), "events.source evaluated, e.g. movielens-1m", False),

@@ -3,7 +3,7 @@
 Embeds every video in `video_features` (cold ones included) into `video_embeddings`."""
 
 from cdml_spark.cli import run_job
-from cdml_spark.embed import embed_catalog
+from cdml_spark.serving.embed import embed_catalog
 
 if __name__ == "__main__":
     run_job(__doc__, embed_catalog)

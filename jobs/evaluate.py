@@ -6,7 +6,7 @@ baselines for every `evaluation.datasets` entry and `evaluation.protocols` entry
 co-watch graph); writes `eval_metrics` and `<evaluation.report_dir>/report.md`."""
 
 from cdml_spark.cli import run_job
-from cdml_spark.evaluation import evaluate
+from cdml_spark.evaluation.run import evaluate
 
 if __name__ == "__main__":
     run_job(__doc__, evaluate)

@@ -5,7 +5,7 @@ metadata (text embedding + genres/KG), synthetic topic features, frame-level vec
 pooling) or your own video-level vectors."""
 
 from cdml_spark.cli import run_job
-from cdml_spark.features import ingest_features
+from cdml_spark.features.ingest import ingest_features
 
 if __name__ == "__main__":
     run_job(__doc__, ingest_features)

@@ -6,7 +6,7 @@ TorchDistributor, or Horovod under horovod.spark.run) and writes the model artif
 import argparse
 
 from cdml_spark.cli import run_job
-from cdml_spark.train import train
+from cdml_spark.training.train import train
 
 
 def _args(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from cdml_spark.config import load_config
-from cdml_spark.embed import current_embeddings
+from cdml_spark.serving.embed import current_embeddings
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import VIDEO_METADATA, VIDEO_SPLITS, TableStore
 

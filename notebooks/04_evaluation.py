@@ -3,7 +3,7 @@
 # MAGIC # Evaluation results
 # MAGIC `eval_metrics` (written by `jobs/evaluate.py`): per dataset and protocol (`time_split`,
 # MAGIC `user_holdout`), the headline metrics, then per task every method's metrics as a table and a bar
-# MAGIC chart. Definitions: `cdml_spark/metrics.py`; protocols: README "Evaluation".
+# MAGIC chart. Definitions: `cdml_spark/evaluation/metrics.py`; protocols: README "Evaluation".
 # MAGIC Locally: `CDML_CONFIG=conf/local.yaml .venv/bin/python notebooks/04_evaluation.py`.
 
 # COMMAND ----------
@@ -13,7 +13,7 @@ import os
 from pyspark.sql import functions as F
 
 from cdml_spark.config import load_config
-from cdml_spark.eval_report import headline, markdown_table, pivot, plot_task
+from cdml_spark.evaluation.report import headline, markdown_table, pivot, plot_task
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import EVAL_METRICS, TableStore
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from cdml_spark.config import AppConfig, load_config
-from cdml_spark.embed import embed_catalog
 from cdml_spark.events import run_ingest
-from cdml_spark.features import ingest_features
+from cdml_spark.features.ingest import ingest_features
 from cdml_spark.graph import build_graph
-from cdml_spark.model import CDMLNet, ModelSpec, save_model
-from cdml_spark.neighbors import build_neighbors
-from cdml_spark.recommend import recommend
+from cdml_spark.serving.embed import embed_catalog
+from cdml_spark.serving.neighbors import build_neighbors
+from cdml_spark.serving.recommend import recommend
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import VIDEO_EMBEDDINGS, TableStore
+from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 from cdml_spark.triplets import make_triplets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from cdml_spark.config import GraphConfig, TripletsConfig, UserHoldoutConfig
-from cdml_spark.eval_tasks import Catalog, Graph, Users, recommendation, retrieval, scorers
-from cdml_spark.evaluation import (
-    evaluate,
+from cdml_spark.evaluation.protocols import (
     held_out_events,
     held_out_neighbours,
     time_split,
@@ -22,6 +20,8 @@ from cdml_spark.evaluation import (
     user_holdout_split,
     workspace_config,
 )
+from cdml_spark.evaluation.run import evaluate
+from cdml_spark.evaluation.tasks import Catalog, Graph, Users, recommendation, retrieval, scorers
 from cdml_spark.events import read_events_source
 from cdml_spark.tables import EVAL_METRICS, VIDEO_SPLITS, WATCH_EVENTS, TableStore, video_features_spec
 from cdml_spark.triplets import assign_splits

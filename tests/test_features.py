@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from cdml_spark.events import InputSchemaError
-from cdml_spark.features import ingest_features, validate_features, write_features
+from cdml_spark.features.ingest import ingest_features, validate_features, write_features
 from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, TableStore, video_features_spec
 
 TWO = "features.modalities=[{name: vis, dim: 3}, {name: aud, dim: 2}]"

@@ -8,8 +8,8 @@ from pathlib import Path
 from pyspark.sql import functions as F
 
 from cdml_spark.maintenance import RETENTION_CHECK, maintain_tables
-from cdml_spark.model import CDMLNet, ModelSpec, save_model
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, Lineage, TableSpec, TableStore, triplets_spec
+from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 
 
 def _parquet(folder: str) -> list[Path]:

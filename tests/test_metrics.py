@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pyspark.mllib.evaluation import RankingMetrics
 
-from cdml_spark.metrics import (
+from cdml_spark.evaluation.metrics import (
     average_precision_at_k,
     global_average_precision,
     mean_average_precision,

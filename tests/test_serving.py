@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cdml_spark.model import load_model
-from cdml_spark.neighbors import build_neighbors
-from cdml_spark.retrieval import recall_at_k
+from cdml_spark.serving.neighbors import build_neighbors
+from cdml_spark.serving.top_k import ann_recall
 from cdml_spark.sql_queries import render, run_sql_file
 from cdml_spark.summary import summary
 from cdml_spark.tables import (
@@ -21,6 +20,7 @@ from cdml_spark.tables import (
     TableStore,
     video_features_spec,
 )
+from cdml_spark.training.model import load_model
 
 
 def numpy_top_k(matrix, ids, query, k, exclude):
@@ -66,7 +66,7 @@ def test_ann_mode_reports_recall(spark, served):
 def test_recall_at_k_by_hand():
     approx = np.array([["a", "b", "c"], ["x", "y", "z"]], dtype=object)
     exact = np.array([["a", "c", "d"], ["q", "r", "z"]], dtype=object)
-    assert recall_at_k(approx, exact) == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert ann_recall(approx, exact) == pytest.approx((2 / 3 + 1 / 3) / 2)
 
 
 def test_recommendations_equal_hand_computation(spark, served):

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdml_spark.cli import run_job
-from cdml_spark.loader import DeletedRowsInFiles, snapshot_files
-from cdml_spark.neighbors import build_neighbors
+from cdml_spark.serving.neighbors import build_neighbors
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableSpec, TableStore, triplets_spec
+from cdml_spark.training.loader import DeletedRowsInFiles, snapshot_files
 from tests.conftest import LOCAL_CONF
 
 

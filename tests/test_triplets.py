@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import functions as F
 
-from cdml_spark.features import ingest_features
+from cdml_spark.features.ingest import ingest_features
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, TableStore, triplets_spec, video_features_spec
 from cdml_spark.triplets import make_triplets
 

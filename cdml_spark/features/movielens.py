@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from cdml_spark.config import AppConfig, FeaturesConfig, Modality
 from cdml_spark.datasets import MOVIELENS, movielens_items, movielens_table
 from cdml_spark.events import InputSchemaError
-from cdml_spark.text_encoder import TEXT_DIM, encode, model_dir
+from cdml_spark.features.text_encoder import TEXT_DIM, encode, model_dir
 
 
 def stable_bucket(token: str, buckets: int) -> int:

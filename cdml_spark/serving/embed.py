@@ -39,7 +39,7 @@ def resolve_model(cfg: AppConfig) -> tuple[str, str]:
 def _model(path: str):
     import torch
 
-    from cdml_spark.model import load_model
+    from cdml_spark.training.model import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return load_model(path, map_location=device).to(device), device

@@ -131,7 +131,7 @@ def ann_search(index, queries: np.ndarray, k: int, ef_search: int, ivf_probe: in
     return positions, scores
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+def ann_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean over queries of |approx ∩ exact| / |exact| (exact lists may be shorter than k)."""
     hits = [
         len(set(a) & set(e)) / max(len(e), 1)

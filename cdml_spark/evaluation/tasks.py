@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cdml_spark.metrics import (
+from cdml_spark.evaluation.metrics import (
     global_average_precision,
     mean_average_precision,
     mean_ranking_metric,

@@ -2,7 +2,7 @@
 gloo on CPU / NCCL on GPUs) or Horovod, reading triplets through Petastorm (`loader`).
 
 Each step every rank embeds its batch, gathers every rank's negatives (and positives) as the miner's
-candidate pool, re-picks negatives (`cdml_spark.mining`; never a co-watch neighbour of the anchor)
+candidate pool, re-picks negatives (`cdml_spark.training.mining`; never a co-watch neighbour of the anchor)
 and takes one optimizer step; ranks step in lock-step (a used-up shard takes zero-weight steps).
 After each epoch the validation NDCG@k (validation videos' co-watch neighbours among train +
 validation videos, embedded in the training processes) selects the model; training stops after
@@ -28,16 +28,16 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig
-from cdml_spark.loader import ROLES, FeatureTable, iterate_batches, snapshot_files
-from cdml_spark.mining import ForbiddenPairs
-from cdml_spark.model import ModelSpec
 from cdml_spark.tables import Lineage, TableStore, triplets_spec
-from cdml_spark.train_inputs import (
+from cdml_spark.training.inputs import (
     check_inputs,
     cowatch_keys,
     training_catalog,
     validation_queries,
 )
+from cdml_spark.training.loader import ROLES, FeatureTable, iterate_batches, snapshot_files
+from cdml_spark.training.mining import ForbiddenPairs
+from cdml_spark.training.model import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _step_loss(plan: TrainPlan, backend, model, batch, names, device, forbidden)
     """Loss of one step: embed, gather every rank's candidates, mine negatives, reduce."""
     import torch
 
-    from cdml_spark.mining import mine_negatives, triplet_loss
+    from cdml_spark.training.mining import mine_negatives, triplet_loss
 
     inputs, keys = _to_torch(batch, names, device)
     anchor, positive, negative = _embed_triplet(model, inputs, names)
@@ -257,7 +257,7 @@ def train_worker(plan: TrainPlan) -> dict | None:
     import torch
     from tqdm import tqdm
 
-    from cdml_spark.model import CDMLNet
+    from cdml_spark.training.model import CDMLNet
 
     use_cuda = torch.cuda.is_available()
     backend = _Horovod(use_cuda) if plan.backend == "horovod" else _TorchDDP(use_cuda)
@@ -374,7 +374,7 @@ def embed_rows(net, vectors: dict[str, np.ndarray], device, batch_size: int = 81
 def validate(net, plan: TrainPlan, rank: int, world: int, device, all_sum) -> dict:
     """Validation NDCG@k: each rank scores its share of the validation queries against the whole
     train + validation catalog; the sums are combined over ranks."""
-    from cdml_spark.metrics import ndcg_at_k, rank_items
+    from cdml_spark.evaluation.metrics import ndcg_at_k, rank_items
 
     net.eval()
     emb = embed_rows(net, plan.catalog.vectors, device)
@@ -412,7 +412,7 @@ def plot_history(history: list[dict], path: str, best_epoch: int = 0) -> None:
     plt.close(fig)
 
 
-def _log_mlflow(
+def _log_training_run(
     cfg: AppConfig, model_version: str, params: dict, history: list[dict], artifact_dir: str, summary: dict
 ) -> None:
     import mlflow
@@ -453,7 +453,7 @@ def train(
     write the artifact."""
     import torch
 
-    from cdml_spark.model import CDMLNet, save_model
+    from cdml_spark.training.model import CDMLNet, save_model
 
     tc, modalities = cfg.training, cfg.features.modalities
     store = TableStore(spark, cfg.storage)
@@ -548,7 +548,7 @@ def train(
     with open(os.path.join(tc.model_dir, "LATEST"), "w") as handle:
         handle.write(model_version + "\n")
     if tc.mlflow.enabled:
-        _log_mlflow(
+        _log_training_run(
             cfg,
             model_version,
             {

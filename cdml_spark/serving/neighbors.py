@@ -14,18 +14,18 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
-from cdml_spark.embed import current_embeddings
-from cdml_spark.loader import snapshot_files
-from cdml_spark.retrieval import (
+from cdml_spark.serving.embed import current_embeddings
+from cdml_spark.serving.top_k import (
     RESULT_SCHEMA,
     ann_search,
     blocked_top_k,
     build_faiss_index,
     cached_index,
     exact_top_k,
-    recall_at_k,
+    ann_recall,
 )
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableStore
+from cdml_spark.training.loader import snapshot_files
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _ann_neighbors(spark: SparkSession, cfg: AppConfig, embeddings) -> tuple[obj
         [ids[p] for p in row if p >= 0 and p != q][:k] for row, q in zip(approx, sample, strict=False)
     ]
     exact, _ = exact_top_k(matrix[sample], [{ids[q]} for q in sample], [(ids, matrix)], k)
-    recall = recall_at_k(np.array(approx_ids, dtype=object), exact)
+    recall = ann_recall(np.array(approx_ids, dtype=object), exact)
     log.info("build_neighbors: ANN recall@%d vs exact on %d queries = %.4f", k, len(sample), recall)
 
     import faiss

@@ -17,10 +17,10 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
-from cdml_spark.embed import current_embeddings
-from cdml_spark.loader import snapshot_files
-from cdml_spark.retrieval import blocked_top_k
+from cdml_spark.serving.embed import current_embeddings
+from cdml_spark.serving.top_k import blocked_top_k
 from cdml_spark.tables import USER_RECOMMENDATIONS, VIDEO_EMBEDDINGS, WATCH_EVENTS, Lineage, TableStore
+from cdml_spark.training.loader import snapshot_files
 
 log = logging.getLogger(__name__)
 

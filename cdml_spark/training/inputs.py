@@ -9,8 +9,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
-from cdml_spark.loader import FeatureTable
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, TableSpec, TableStore, video_features_spec
+from cdml_spark.training.loader import FeatureTable
 
 
 class StaleTriplets(RuntimeError):

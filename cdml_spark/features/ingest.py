@@ -4,7 +4,7 @@ Sources (config `features.source`):
 - `movielens`: text = all-MiniLM-L6-v2 embedding of "title (year) genres"; meta = genre multi-hot
   plus (ML-100K) hashed knowledge-graph relations (see `movielens_features`);
 - `synthetic`: vectors around each synthetic video's topic centre (content predicts co-watch);
-- `frames`: frame-level vectors → PCA → mean-pool per video (`cdml_spark.frames`);
+- `frames`: frame-level vectors → PCA → mean-pool per video (`cdml_spark.features.frames`);
 - `path`: a parquet/Delta table of video_id + one array column per modality.
 All of them pass `validate_features`: a null/short id, a missing, wrong-length or non-finite vector
 sends the row to `video_features_quarantine` with the reason; duplicate ids keep one row.
@@ -205,7 +205,7 @@ def _write_source(spark: SparkSession, cfg: AppConfig, run_id: str | None) -> di
     source = cfg.features.source
     log.info("features: source=%s version=%s", source, cfg.features.version)
     if source == "movielens":
-        from cdml_spark.movielens_features import movielens_features
+        from cdml_spark.features.movielens import movielens_features
 
         return write_features(spark, cfg, movielens_features(spark, cfg), run_id)
     if source == "synthetic":
@@ -213,7 +213,7 @@ def _write_source(spark: SparkSession, cfg: AppConfig, run_id: str | None) -> di
 
         return write_features(spark, cfg, synthetic_features(spark, cfg), run_id)
     if source == "frames":
-        from cdml_spark.frames import frame_features
+        from cdml_spark.features.frames import frame_features
 
         pooled, bad_frames = frame_features(spark, cfg)
         return write_features(spark, cfg, pooled, run_id, upstream_quarantine=bad_frames)
