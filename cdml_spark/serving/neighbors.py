@@ -17,12 +17,12 @@ from cdml_spark.config import AppConfig
 from cdml_spark.serving.embed import current_embeddings
 from cdml_spark.serving.top_k import (
     RESULT_SCHEMA,
+    ann_recall,
     ann_search,
     blocked_top_k,
     build_faiss_index,
     cached_index,
     exact_top_k,
-    ann_recall,
 )
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableStore
 from cdml_spark.training.loader import snapshot_files
