@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup: venv with pinned deps, Delta jars, MovieLens data and the text model.
-# Everything lands in $CDML_CACHE (default ~/.cache/cdml-spark); .venv links to the venv.
+# Heavy things land in $CDML_CACHE (default ~/.cache/cdml-spark); .venv is this clone's thin venv on top.
 # A second run with the same requirements.txt downloads nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
