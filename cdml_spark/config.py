@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,7 +60,7 @@ class SparkConfig(_Strict):
     master: str = Field(description="Spark master for local runs; ignored under spark-submit/Databricks")
     app_name: str = "cdml-spark"
     shuffle_partitions: int = Field(ge=1)
-    driver_memory: str = "4g"
+    driver_memory: str = Field(description="Driver heap of a JVM we start; ignored where a session exists")
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
 
@@ -98,12 +98,14 @@ class ColumnMapping(_Strict):
 
 
 class SyntheticConfig(_Strict):
-    num_events: int = Field(ge=1, description="Expected total events (the realised count is close)")
-    num_users: int = Field(ge=1)
-    num_videos: int = Field(ge=2)
-    num_topics: int = Field(ge=1)
-    seed: int = 0
-    partitions: int = Field(ge=1, description="Generator tasks; each writes its own users' events")
+    num_events: int = Field(
+        default=1_000_000, ge=1, description="Expected total events (the realised count is close)"
+    )
+    num_users: int = Field(default=20_000, ge=1)
+    num_videos: int = Field(default=20_000, ge=2)
+    num_topics: int = Field(default=50, ge=1)
+    seed: int = 7
+    partitions: int = Field(default=8, ge=1, description="Generator tasks; each writes its own users' events")
     start_date: str = "2026-01-01"
     days: int = Field(default=30, ge=1)
     popularity_exponent: float = Field(default=1.0, gt=0, description="Zipf exponent of video popularity")
@@ -120,19 +122,29 @@ class EventsConfig(_Strict):
     timestamp_unit: Literal["seconds", "milliseconds"] = Field(
         default="seconds", description="Unit of epoch event_ts values (numbers, or strings of digits)"
     )
-    min_event_ts: datetime
-    max_event_ts: datetime
+    min_event_ts: datetime = Field(
+        default=datetime(1995, 1, 1, tzinfo=UTC), description="Events outside [min, max] are quarantined"
+    )
+    max_event_ts: datetime = datetime(2030, 1, 1, tzinfo=UTC)
     max_quarantine_fraction: float = Field(
         default=0.01, ge=0, le=1, description="Ingest refuses input with a larger share of invalid rows"
     )
-    synthetic: SyntheticConfig
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 class GraphConfig(_Strict):
-    max_history: int = Field(ge=2, description="Most recent distinct videos kept per user")
-    cowatch_window_hours: float = Field(gt=0, description="Max time between two watches of a pair")
-    min_users: int = Field(ge=1, description="Min distinct co-watching users for an edge")
-    max_neighbors: int = Field(ge=1, description="Top-N neighbours kept per video")
+    max_history: int = Field(
+        default=200,
+        ge=2,
+        description="Most recent distinct videos kept per user (bounds pairs per user to 19,900)",
+    )
+    cowatch_window_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="Max time between two watches of a pair (YouTube's related-videos co-visitation window)",
+    )
+    min_users: int = Field(default=2, ge=1, description="Min distinct co-watching users for an edge")
+    max_neighbors: int = Field(default=50, ge=1, description="Top-N neighbours kept per video")
 
 
 class Modality(_Strict):
@@ -187,34 +199,52 @@ class FeaturesConfig(_Strict):
 
 class TripletsConfig(_Strict):
     weight: Literal["score", "cowatch_users"] = Field(
-        default="cowatch_users", description="Edge weight for positives"
+        default="cowatch_users", description="Edge weight for positives (the sweep: cowatch_users > score)"
     )
-    positives_per_anchor: int = Field(ge=1, description="Cap on positives sampled per anchor")
-    negatives_per_positive: int = Field(default=1, ge=1)
-    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    positives_per_anchor: int = Field(
+        default=20, ge=1, description="Cap on positives sampled per anchor, so popular videos do not dominate"
+    )
+    negatives_per_positive: int = Field(default=2, ge=1)
+    negative_sampling: Literal["uniform", "popularity"] = Field(
+        default="uniform", description="popularity: ~ users^beta; uniform won the validation sweep"
+    )
     popularity_beta: float = Field(default=0.75, ge=0, description="Negative ~ users^beta")
     split_salt: str = "cdml-split-v1"
-    validation_fraction: float = Field(ge=0, lt=1)
-    cold_fraction: float = Field(ge=0, lt=1)
+    validation_fraction: float = Field(default=0.1, ge=0, lt=1)
+    cold_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Videos kept out of training (cold_test): production trains on every video; the "
+        "evaluation holds out its own",
+    )
     holdout_path: str | None = Field(
         default=None, description="Video ids (text, one per line) forced to cold_test"
     )
-    materialize_features: bool = Field(default=True, description="Store the three feature vectors per row")
+    materialize_features: bool = Field(
+        default=True,
+        description="Store the three feature vectors per row (Petastorm reads them); false: ids only, the "
+        "loader looks vectors up (catalogs that fit in memory)",
+    )
     hard_negatives_from: str | None = Field(
         default=None, description="Path of a previous model's video_neighbors Delta table (hard negatives)"
     )
-    hard_negatives_per_positive: int = Field(default=1, ge=0)
+    hard_negatives_per_positive: int = Field(
+        default=1, ge=0, description="Of negatives_per_positive, taken from those neighbours"
+    )
     seed: int = 0
 
 
 class MlflowConfig(_Strict):
-    enabled: bool = False
+    enabled: bool = True
     tracking_uri: str = Field(description="e.g. file:warehouse/mlruns locally, databricks on Databricks")
     experiment: str = "cdml"
 
 
 class TrainingConfig(_Strict):
-    fusion: Literal["early", "late"] = "early"
+    fusion: Literal["early", "late"] = Field(
+        default="early", description="early: concat -> FC; late: FC per modality -> element-wise product"
+    )
     hidden: list[int] = Field(default_factory=lambda: [512], description="FC widths before the embedding")
     embedding_dim: int = Field(default=128, ge=2)
     dropout: float = Field(default=0.1, ge=0, lt=1)
@@ -229,8 +259,10 @@ class TrainingConfig(_Strict):
     reduction: Literal["mean", "nonzero_mean"] = Field(
         default="mean", description="Loss over the batch: mean over all triplets or over non-zero ones"
     )
-    batch_size: int = Field(default=1024, ge=2, le=7200, description="Triplets per process and step")
-    epochs: int = Field(ge=1, description="Maximum epochs (early stopping may end sooner)")
+    batch_size: int = Field(
+        default=1024, ge=2, le=7200, description="Triplets per process and step (the paper's: 7200)"
+    )
+    epochs: int = Field(default=10, ge=1, description="Maximum epochs (early stopping keeps the best epoch)")
     patience: int = Field(
         default=3, ge=1, description="Stop after this many epochs without a better validation NDCG"
     )
@@ -238,10 +270,8 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
-    num_processes: int = Field(default=2, ge=1)
-    local_mode: bool = Field(
-        default=True, description="TorchDistributor: processes on the driver (true) or barrier tasks"
-    )
+    num_processes: int = Field(ge=1, description="TorchDistributor processes (gloo on CPU, NCCL on GPUs)")
+    local_mode: bool = Field(description="TorchDistributor: processes on the driver (true) or barrier tasks")
     use_gpu: Literal["auto", "true", "false"] = "auto"
     shuffle_batches: int = Field(default=4, ge=1, description="Shuffle buffer, in batches")
     reader_workers: int = Field(default=2, ge=1, description="Petastorm reader threads per process")
@@ -275,15 +305,19 @@ class AnnConfig(_Strict):
 
 
 class NeighborsConfig(_Strict):
-    k: int = Field(ge=1)
-    mode: Literal["exact", "ann"] = "exact"
+    k: int = Field(default=20, ge=1)
+    mode: Literal["exact", "ann"] = Field(
+        default="exact", description="exact: blocked matrix multiply; ann: faiss (recall vs exact is logged)"
+    )
     block_size: int = Field(default=4096, ge=1, description="Catalog rows scored at once (exact mode)")
     ann: AnnConfig = AnnConfig()
 
 
 class RecommendConfig(_Strict):
-    history: int = Field(ge=1, description="A user = their N most recently watched videos")
-    k: int = Field(ge=1)
+    history: int = Field(
+        default=20, ge=1, description="A user = mean cosine to their N most recent watches (the paper: 20)"
+    )
+    k: int = Field(default=20, ge=1)
 
 
 class UserHoldoutConfig(_Strict):
@@ -298,7 +332,9 @@ class UserHoldoutConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     datasets: list[Literal["movielens-1m", "movielens-100k", "synthetic"]] = Field(
-        min_length=1, description="Each is evaluated in its own workspace (events.source values)"
+        default_factory=lambda: ["movielens-1m", "movielens-100k"],
+        min_length=1,
+        description="Each is evaluated in its own workspace (events.source values)",
     )
     workspace: str = Field(description="Per dataset: <workspace>/<dataset>/{tables,models,checkpoints}")
     report_dir: str = Field(description="report.md and its PNG plots")
@@ -330,13 +366,13 @@ class AppConfig(_Strict):
     spark: SparkConfig
     storage: StorageConfig
     events: EventsConfig
-    graph: GraphConfig
+    graph: GraphConfig = GraphConfig()
     features: FeaturesConfig
-    triplets: TripletsConfig
+    triplets: TripletsConfig = TripletsConfig()
     training: TrainingConfig
-    embedding: EmbeddingConfig
-    neighbors: NeighborsConfig
-    recommend: RecommendConfig
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    neighbors: NeighborsConfig = NeighborsConfig()
+    recommend: RecommendConfig = RecommendConfig()
     evaluation: EvaluationConfig
 
 

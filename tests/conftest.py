@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from cdml_spark.config import AppConfig, load_config
-from cdml_spark.events import run_ingest
-from cdml_spark.features.ingest import ingest_features
-from cdml_spark.graph import build_graph
-from cdml_spark.serving.embed import embed_catalog
-from cdml_spark.serving.neighbors import build_neighbors
-from cdml_spark.serving.recommend import recommend
+from cdml_spark.pipeline import run_stages
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import VIDEO_EMBEDDINGS, TableStore
 from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
-from cdml_spark.triplets import make_triplets
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONF = ROOT / "conf" / "local.yaml"
@@ -94,10 +88,7 @@ def pipeline(spark, tmp_path_factory):
         "training.epochs=3",
         "training.learning_rate=0.01",
     )
-    run_ingest(spark, cfg)
-    build_graph(spark, cfg)
-    ingest_features(spark, cfg)
-    make_triplets(spark, cfg)
+    run_stages(spark, cfg, "ingest_events", "make_triplets")
     return cfg
 
 
@@ -115,9 +106,7 @@ def served(spark, pipeline, tmp_path_factory):
             "recommend": pipeline.recommend.model_copy(update={"history": 3, "k": 4}),
         }
     )
-    embed_catalog(spark, cfg)
-    build_neighbors(spark, cfg)
-    recommend(spark, cfg)
+    run_stages(spark, cfg, "embed_catalog", "recommend")
     store = TableStore(spark, cfg.storage)
     emb = store.read(VIDEO_EMBEDDINGS).toPandas().sort_values("video_id")
     return (

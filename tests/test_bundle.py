@@ -1,4 +1,5 @@
-"""The Databricks Asset Bundle, validated offline: structure, files, task DAG, configs."""
+"""The Databricks Asset Bundle, validated offline: structure, files, tasks = pipeline stages, targets,
+configs."""
 
 from __future__ import annotations
 
@@ -10,16 +11,18 @@ import pytest
 import yaml
 from databricks.bundles.jobs import Job
 
-from cdml_spark.config import load_config
+from cdml_spark.config import AppConfig, load_config
+from cdml_spark.pipeline import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = yaml.safe_load((ROOT / "databricks.yml").read_text())
+ANN = ["--set", "neighbors.mode=ann"]  # build_neighbors' one extra parameter
 
 
 def bundle_jobs() -> dict:
-    bundle = yaml.safe_load((ROOT / "databricks.yml").read_text())
-    assert bundle["bundle"]["name"] == "cdml-spark"
+    assert BUNDLE["bundle"]["name"] == "cdml-spark"
     jobs = {}
-    for pattern in bundle["include"]:
+    for pattern in BUNDLE["include"]:
         files = sorted(ROOT.glob(pattern))
         assert files, pattern
         for f in files:
@@ -28,47 +31,86 @@ def bundle_jobs() -> dict:
     return jobs
 
 
-def test_pipeline_job_is_a_valid_dag_of_existing_scripts():
+def test_pipeline_job_is_valid_and_runs_existing_scripts():
     ((source, job),) = bundle_jobs().values()
     parsed = Job.from_dict(job)  # the bundle schema (databricks-bundles): unknown fields raise
     assert [t.task_key for t in parsed.tasks] == [t["task_key"] for t in job["tasks"]]
     with pytest.raises(ValueError, match="python_fil"):
         Job.from_dict({**job, "tasks": [{"task_key": "x", "spark_python_task": {"python_fil": "a.py"}}]})
-    tasks = {t["task_key"]: t for t in job["tasks"]}
-    assert len(tasks) == len(job["tasks"])  # unique keys
+    assert job["name"].startswith("${bundle.target}-")
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
     for cluster in clusters.values():
         assert cluster["spark_version"].startswith("15.4.x-") and "-ml-" in cluster["spark_version"]
     assert job["schedule"]["quartz_cron_expression"] and job["email_notifications"]["on_failure"]
-    for key, task in tasks.items():
-        assert task["job_cluster_key"] in clusters, key
+    for task in job["tasks"]:
+        key = task["task_key"]
+        assert task["job_cluster_key"] in clusters and task["libraries"] == [{"whl": "../dist/*.whl"}], key
         script = (source.parent / task["spark_python_task"]["python_file"]).resolve()
-        assert script.is_file() and script.parent == ROOT / "jobs", key
-        params = task["spark_python_task"]["parameters"]
-        assert params[params.index("--config") + 1].endswith("/conf/databricks.yaml")
-        for dep in task.get("depends_on", []):
-            assert dep["task_key"] in tasks, (key, dep)
+        assert script == ROOT / "jobs" / f"{key}.py" and script.is_file(), key
+    train = next(t for t in job["tasks"] if t["task_key"] == "train")
+    assert clusters[train["job_cluster_key"]]["spark_version"].startswith("15.4.x-gpu-ml")
 
-    order, done = [], set()  # topological sort: fails on a cycle
-    while len(done) < len(tasks):
-        ready = [
-            k
-            for k, t in tasks.items()
-            if k not in done and all(d["task_key"] in done for d in t.get("depends_on", []))
-        ]
-        assert ready, f"cycle among {set(tasks) - done}"
-        order += sorted(ready)
-        done |= set(ready)
+
+def test_tasks_are_the_pipeline_stages():
+    """Task keys, order and depends_on equal `cdml_spark.pipeline.STAGES`; a stage depends only on
+    earlier ones, so the job is a DAG and `jobs/pipeline.py`'s order is one of its orders."""
+    ((_, job),) = bundle_jobs().values()
+    tasks = job["tasks"]
+    assert [t["task_key"] for t in tasks] == [s.name for s in STAGES]
+    for i, (task, stage) in enumerate(zip(tasks, STAGES, strict=True)):
+        assert tuple(d["task_key"] for d in task.get("depends_on", [])) == stage.depends_on, stage.name
+        assert set(stage.depends_on) <= {s.name for s in STAGES[:i]}, stage.name
+    assert [t["task_key"] for t in tasks if "run_if" in t] == ["maintain_tables"]
+    assert tasks[-1]["run_if"] == "ALL_DONE"  # tables are maintained even when a task fails
+
+
+def test_tasks_share_one_parameter_list():
+    ((_, job),) = bundle_jobs().values()
+    params = job["tasks"][0]["spark_python_task"]["parameters"]
+    assert params[:2] == ["--config", "${workspace.file_path}/conf/databricks.yaml"]
+    for task in job["tasks"]:
+        extra = ANN if task["task_key"] == "build_neighbors" else []
+        assert task["spark_python_task"]["parameters"] == params + extra, task["task_key"]
+
+
+def target_variables(target: str) -> dict[str, str]:
+    defaults = {k: v.get("default") for k, v in BUNDLE["variables"].items()}
+    values = {**defaults, **BUNDLE["targets"][target].get("variables", {})}
+    assert all(v is not None for v in values.values()), (target, values)
+    return {k: str(v) for k, v in values.items()}
+
+
+def target_config(target: str) -> AppConfig:
+    """What a task of `target` runs with: conf/databricks.yaml plus the task's `--set` overrides."""
+    ((_, job),) = bundle_jobs().values()
+    params = job["tasks"][0]["spark_python_task"]["parameters"]
+    assert set(params[2::2]) == {"--set"}
+    variables = target_variables(target)
+    overrides = [re.sub(r"\$\{var\.(\w+)\}", lambda m: variables[m.group(1)], p) for p in params[3::2]]
+    return load_config(ROOT / "conf" / "databricks.yaml", overrides)
+
+
+def strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_dev_target_never_points_at_prod():
     assert (
-        order.index("ingest_events")
-        < order.index("build_graph")
-        < order.index("make_triplets")
-        < order.index("train")
+        BUNDLE["targets"]["dev"]["mode"] == "development"
+        and BUNDLE["targets"]["prod"]["mode"] == "production"
     )
-    assert order.index("train") < order.index("embed_catalog") < order.index("build_neighbors")
-    assert order[-2:] == ["evaluate", "maintain_tables"]
-    assert tasks["maintain_tables"]["run_if"] == "ALL_DONE"  # runs even when evaluate fails
-    assert clusters[tasks["train"]["job_cluster_key"]]["spark_version"].startswith("15.4.x-gpu-ml")
+    dev, prod = target_config("dev"), target_config("prod")
+    assert prod == load_config(ROOT / "conf" / "databricks.yaml")  # prod runs the shipped config as is
+    assert dev.storage.database != prod.storage.database
+    dev_root, prod_root = (target_variables(t)["volume_root"] for t in ("dev", "prod"))
+    assert not f"{dev_root}/".startswith(f"{prod_root}/") and not f"{prod_root}/".startswith(f"{dev_root}/")
+    for cfg, root in ((dev, dev_root), (prod, prod_root)):
+        volumes = [s for s in strings(cfg.model_dump()) if s.startswith("/Volumes/")]
+        assert volumes and all(v.startswith(f"{root}/") for v in volumes), volumes
 
 
 def test_databricks_config_targets_unity_catalog():

@@ -1,10 +1,12 @@
-"""Config loading: both shipped configs validate; errors name the key."""
+"""Config loading: both shipped configs validate and hold no default; errors name the key."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from cdml_spark.config import ConfigError, load_config
+from cdml_spark.config import AppConfig, ConfigError, load_config
 from cdml_spark.sql_queries import render
 from cdml_spark.tables import VIDEO_METADATA, Lineage, TableStore
 from tests.conftest import ROOT, make_config
@@ -14,6 +16,26 @@ from tests.conftest import ROOT, make_config
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "conf" / name)
     assert cfg.graph.max_history >= 2
+
+
+def restated_defaults(model: type[BaseModel], data: dict, value: BaseModel, prefix: str = "") -> list[str]:
+    """Dotted keys of `data` (a config section as written) whose value equals the field's default."""
+    found = []
+    for key, raw in data.items():
+        field, current = model.model_fields[key], getattr(value, key)
+        if isinstance(current, BaseModel) and isinstance(raw, dict):
+            found += restated_defaults(type(current), raw, current, f"{prefix}{key}.")
+        elif not field.is_required() and current == field.get_default(call_default_factory=True):
+            found.append(prefix + key)
+    return found
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "databricks.yaml"])
+def test_shipped_configs_restate_no_default(name):
+    """Defaults live in cdml_spark/config.py only; a shipped config sets what its environment needs."""
+    path = ROOT / "conf" / name
+    assert restated_defaults(AppConfig, yaml.safe_load(path.read_text()), load_config(path)) == []
+    assert restated_defaults(AppConfig, {"graph": {"min_users": 2}}, load_config(path)) == ["graph.min_users"]
 
 
 def test_override_sets_nested_key():
@@ -27,9 +49,9 @@ def test_unknown_key_is_named():
 
 
 def test_missing_key_is_named(tmp_path):
-    text = (ROOT / "conf/local.yaml").read_text().replace("  min_users: 2\n", "")
+    text = (ROOT / "conf/local.yaml").read_text().replace("  shuffle_partitions: 8\n", "")
     (tmp_path / "c.yaml").write_text(text)
-    with pytest.raises(ConfigError, match="missing config key 'graph.min_users'"):
+    with pytest.raises(ConfigError, match="missing config key 'spark.shuffle_partitions'"):
         load_config(tmp_path / "c.yaml")
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from cdml_spark.config import ConfigError
-from cdml_spark.pipeline import run_pipeline
+from cdml_spark.pipeline import run_pipeline, run_stages
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, WATCH_EVENTS, TableStore
 from tests.conftest import SMALL
 
 
 def test_stages_run_in_order_and_share_one_run_id(spark, cfg_factory):
     cfg = cfg_factory(*SMALL)
-    seconds = run_pipeline(spark, cfg, stages=["ingest_events", "build_graph"])
+    seconds = run_stages(spark, cfg, "ingest_events", "build_graph")
     assert list(seconds) == ["ingest_events", "build_graph"]
     store = TableStore(spark, cfg.storage)
     run_ids = {
@@ -27,4 +27,7 @@ def test_unknown_stage_is_refused_before_anything_runs(spark, cfg_factory):
     cfg = cfg_factory(*SMALL)
     with pytest.raises(ConfigError, match=r"unknown pipeline stage\(s\) \['graph'\]"):
         run_pipeline(spark, cfg, stages=["ingest_events", "graph"])
+    for first, last in (("build_graph", "ingest_events"), ("ingest_events", "graph")):
+        with pytest.raises(ConfigError, match=f"no pipeline stages from '{first}' to '{last}'"):
+            run_stages(spark, cfg, first, last)
     assert not TableStore(spark, cfg.storage).exists(WATCH_EVENTS)

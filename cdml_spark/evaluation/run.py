@@ -66,16 +66,12 @@ from cdml_spark.evaluation.tasks import (
     scorers,
 )
 from cdml_spark.events import ingest_events, read_events_source, validate_events
-from cdml_spark.features.ingest import ingest_features
-from cdml_spark.graph import build_graph
-from cdml_spark.serving.embed import current_embeddings, embed_catalog
+from cdml_spark.serving.embed import current_embeddings
 from cdml_spark.tables import (
     EVAL_METRICS,
     Lineage,
     TableStore,
 )
-from cdml_spark.training.train import train
-from cdml_spark.triplets import make_triplets
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +80,12 @@ def run_training_period(
     spark: SparkSession, ecfg: AppConfig, source: DataFrame, split: DataFrame, protocol: Protocol, run_id: str
 ) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
     """The pipeline on the split's training events in the workspace (`source`: the dataset's events as
-    read); per fusion: method -> (model version, embeddings)."""
+    read); per fusion: method -> (model version, embeddings). Ingest takes the training events rather
+    than reading the source; the stages after embed_catalog are not run."""
+    from cdml_spark.pipeline import run_stages  # here: the pipeline's stages include `evaluate`
+
     ingest_events(spark, ecfg, training_events(source, split), run_id)
-    build_graph(spark, ecfg, run_id)
-    ingest_features(spark, ecfg, run_id)
-    make_triplets(spark, ecfg, run_id)
+    run_stages(spark, ecfg, "build_graph", "make_triplets", run_id)
     out = {}
     for fusion in ecfg.evaluation.fusions:
         version = f"eval-{ecfg.events.source}-{protocol}-{fusion}-{run_id}"
@@ -98,8 +95,7 @@ def run_training_period(
                 "embedding": ecfg.embedding.model_copy(update={"model_version": version}),
             }
         )
-        train(spark, fcfg, run_id)
-        embed_catalog(spark, fcfg, run_id)
+        run_stages(spark, fcfg, "train", "embed_catalog", run_id)
         embeddings, _ = current_embeddings(TableStore(spark, ecfg.storage))
         frame = embeddings.select("video_id", "embedding").toPandas()
         out[f"cdml_{fusion}"] = (version, dict(zip(frame["video_id"], frame["embedding"], strict=True)))
