@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
-from cdml_spark.config import AppConfig, ConfigError
+from cdml_spark.config import AppConfig
+from cdml_spark.errors import ConfigError
 from cdml_spark.evaluation.run import evaluate
 from cdml_spark.events import run_ingest
 from cdml_spark.features.ingest import ingest_features

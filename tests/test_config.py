@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cdml_spark.config import ConfigError, load_config
+from cdml_spark.config import load_config
+from cdml_spark.errors import ConfigError
 from cdml_spark.sql_queries import render
 from cdml_spark.tables import VIDEO_METADATA, Lineage, TableStore
 from tests.conftest import ROOT, make_config
