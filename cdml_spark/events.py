@@ -18,15 +18,14 @@ from pyspark.sql import types as T
 
 from cdml_spark.config import AppConfig, EventsConfig
 from cdml_spark.datasets import MOVIELENS, movielens_events
+from cdml_spark.errors import InputSchemaError
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore, check_quarantine
+
+__all__ = ["IngestReport", "ingest_events", "read_events_source", "run_ingest", "validate_events"]
 
 log = logging.getLogger(__name__)
 
-EVENT_COLUMNS = ("user_id", "video_id", "event_ts", "watch_seconds")
-
-
-class InputSchemaError(ValueError):
-    """The input lacks a required column or has one of an unusable type."""
+_EVENT_COLUMNS = ("user_id", "video_id", "event_ts", "watch_seconds")
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,10 @@ def read_events_source(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     if ev.format == "csv":
         reader = reader.option("header", "true")
     raw = reader.load(ev.path)
-    return rename_columns(raw, ev)
+    return _rename_columns(raw, ev)
 
 
-def rename_columns(raw: DataFrame, ev: EventsConfig) -> DataFrame:
+def _rename_columns(raw: DataFrame, ev: EventsConfig) -> DataFrame:
     mapping = ev.columns.model_dump()
     for canonical, source in mapping.items():
         if source is not None and source not in raw.columns:
@@ -157,7 +156,7 @@ def validate_events(df: DataFrame, ev: EventsConfig) -> DataFrame:
     reason = F.lit(None).cast("string")
     for condition, name in reversed(rules):
         reason = F.when(F.coalesce(condition, F.lit(False)), F.lit(name)).otherwise(reason)
-    return typed.select(*EVENT_COLUMNS, reason.alias("reason"))
+    return typed.select(*_EVENT_COLUMNS, reason.alias("reason"))
 
 
 def ingest_events(
@@ -171,7 +170,7 @@ def ingest_events(
     valid = (
         checked.where(F.col("reason").isNull())
         .drop("reason")
-        .dropDuplicates(list(EVENT_COLUMNS))
+        .dropDuplicates(list(_EVENT_COLUMNS))
         .withColumn("event_date", F.to_date("event_ts"))
         .repartitionByRange("event_ts")  # files cover disjoint time ranges: time filters skip files
     )

@@ -24,7 +24,10 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig, GraphConfig
+from cdml_spark.errors import VideoKeyCollision
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, WATCH_EVENTS, Lineage, TableStore
+
+__all__ = ["GraphReport", "build_graph", "graph_edges"]
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +50,14 @@ class GraphReport:
         )
 
 
-def kept_history(events: DataFrame, max_history: int) -> DataFrame:
+def _kept_history(events: DataFrame, max_history: int) -> DataFrame:
     """user_id, video_id, ts_us: each user's `max_history` most recently watched distinct videos."""
     latest = events.groupBy("user_id", "video_id").agg(F.max(F.unix_micros("event_ts")).alias("ts_us"))
     recency = Window.partitionBy("user_id").orderBy(F.col("ts_us").desc(), F.col("video_id"))
     return latest.withColumn("_n", F.row_number().over(recency)).where(F.col("_n") <= max_history).drop("_n")
 
 
-class VideoKeyCollision(RuntimeError):
-    """Two video ids share a 64-bit hash key (astronomically rare; the graph would merge them)."""
-
-
-def cowatch_counts(history: DataFrame, window_hours: float) -> DataFrame:
+def _cowatch_counts(history: DataFrame, window_hours: float) -> DataFrame:
     """video_a < video_b (in key order), cowatch_users: distinct users who watched both within the window.
 
     The self-join and the pair aggregation run on 64-bit hash keys of the ids, not on the id strings
@@ -86,19 +85,19 @@ def cowatch_counts(history: DataFrame, window_hours: float) -> DataFrame:
     return counts.join(ids_a, "key_a").join(ids_b, "key_b").select("video_a", "video_b", "cowatch_users")
 
 
-def history_users(history: DataFrame) -> DataFrame:
+def _history_users(history: DataFrame) -> DataFrame:
     """video_id, history_users: users with the video in their kept history (c_i of the cosine)."""
     return history.groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
 
 
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
     """The whole graph rule on `events` (unpersisted): directed top-N rows with cosine scores."""
-    history = kept_history(events, params.max_history)
-    pairs = cowatch_counts(history, params.cowatch_window_hours)
-    return top_neighbors(pairs, history_users(history), params)
+    history = _kept_history(events, params.max_history)
+    pairs = _cowatch_counts(history, params.cowatch_window_hours)
+    return _top_neighbors(pairs, _history_users(history), params)
 
 
-def top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
+def _top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
     """Directed, ranked top-N rows with cosine scores (see module docstring)."""
     strong = pairs.where(F.col("cowatch_users") >= params.min_users)
     both = strong.select(
@@ -121,7 +120,7 @@ def top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> Da
     return scored.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= params.max_neighbors)
 
 
-def video_stats(events: DataFrame, users: DataFrame, edges: DataFrame) -> DataFrame:
+def _video_stats(events: DataFrame, users: DataFrame, edges: DataFrame) -> DataFrame:
     base = events.groupBy("video_id").agg(
         F.count(F.lit(1)).alias("events"),
         F.countDistinct("user_id").alias("users"),
@@ -147,13 +146,13 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
     )
     log.info("build_graph: watch_events v%s, params %s, run_id=%s", input_version, cfg.graph, lineage.run_id)
 
-    history = kept_history(events, cfg.graph.max_history).persist()
-    users = history_users(history)
-    pairs = cowatch_counts(history, cfg.graph.cowatch_window_hours).persist()
-    store.write(COWATCH_EDGES, top_neighbors(pairs, users, cfg.graph), lineage)
+    history = _kept_history(events, cfg.graph.max_history).persist()
+    users = _history_users(history)
+    pairs = _cowatch_counts(history, cfg.graph.cowatch_window_hours).persist()
+    store.write(COWATCH_EDGES, _top_neighbors(pairs, users, cfg.graph), lineage)
     pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)
-    store.write(VIDEO_STATS, video_stats(events, users, written_edges), lineage)
+    store.write(VIDEO_STATS, _video_stats(events, users, written_edges), lineage)
 
     stats = (
         store.read(VIDEO_STATS)

@@ -25,13 +25,15 @@ from cdml_spark.config import AppConfig
 from cdml_spark.serving.embed import resolve_model
 from cdml_spark.tables import ALL_TABLE_NAMES, TableSpec, TableStore
 
+__all__ = ["RETENTION_CHECK", "TableReport", "maintain_tables"]
+
 log = logging.getLogger(__name__)
 
-SAFE_HOURS = 168  # Delta refuses a shorter VACUUM retention unless its check is off
+_SAFE_HOURS = 168  # Delta refuses a shorter VACUUM retention unless its check is off
 RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
-LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+_LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 # Petastorm shards the triplet files as make_triplets cut them; they are rebuilt every run anyway
-NOT_COMPACTED = frozenset({"triplets"})
+_NOT_COMPACTED = frozenset({"triplets"})
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class TableReport:
 
 
 @contextmanager
-def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
     """`settings` on the session inside the block; the previous values (or none) after it."""
     previous = {key: spark.conf.get(key, None) for key in settings}
     for key, value in settings.items():
@@ -62,7 +64,7 @@ def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None
                 spark.conf.set(key, value)
 
 
-def pinned_versions(store: TableStore, cfg: AppConfig) -> dict[str, int]:
+def _pinned_versions(store: TableStore, cfg: AppConfig) -> dict[str, int]:
     """{table: version} the current model was trained from ({} without a model)."""
     try:
         model, path = resolve_model(cfg)
@@ -82,7 +84,7 @@ def pinned_versions(store: TableStore, cfg: AppConfig) -> dict[str, int]:
     return pins
 
 
-def retention_for(store: TableStore, spec: TableSpec, hours: int, pinned: int | None) -> int:
+def _retention_for(store: TableStore, spec: TableSpec, hours: int, pinned: int | None) -> int:
     """`hours`, lengthened so that the history reaches back to `pinned`'s commit."""
     if pinned is None or pinned > store.version(spec):
         return hours
@@ -102,7 +104,7 @@ def retention_for(store: TableStore, spec: TableSpec, hours: int, pinned: int | 
     return max(hours, needed)
 
 
-def storage_usage(store: TableStore, spec: TableSpec) -> tuple[int, int]:
+def _storage_usage(store: TableStore, spec: TableSpec) -> tuple[int, int]:
     """(files, bytes) under the table's location outside `_delta_log` and hidden files (local `.crc`):
     every version's data. Where the location cannot be listed (Unity Catalog managed tables), the
     current snapshot's."""
@@ -122,25 +124,25 @@ def storage_usage(store: TableStore, spec: TableSpec) -> tuple[int, int]:
         return detail["numFiles"], detail["sizeInBytes"]
 
 
-def compact(store: TableStore, spec: TableSpec) -> int:
+def _compact(store: TableStore, spec: TableSpec) -> int:
     """OPTIMIZE (bin-packing); returns the files it rewrote (0: nothing to do, no commit)."""
     result = store.delta_table(spec).optimize().executeCompaction().first()
     return result["metrics"]["numFilesRemoved"] if result else 0
 
 
-def maintain_table(store: TableStore, spec: TableSpec, hours: int, pinned: int | None) -> TableReport:
+def _maintain_table(store: TableStore, spec: TableSpec, hours: int, pinned: int | None) -> TableReport:
     """Retention properties, OPTIMIZE (unless the current version is pinned: the compacted copy would
     only add files), VACUUM."""
     started = time.time()
-    files_before, bytes_before = storage_usage(store, spec)
-    retention = retention_for(store, spec, hours, pinned)
+    files_before, bytes_before = _storage_usage(store, spec)
+    retention = _retention_for(store, spec, hours, pinned)
     store.set_retention(spec, retention)
-    keep_files = spec.name in NOT_COMPACTED or (
+    keep_files = spec.name in _NOT_COMPACTED or (
         pinned is not None and not store.data_changed_since(spec, pinned)
     )
-    compacted = 0 if keep_files else compact(store, spec)
+    compacted = 0 if keep_files else _compact(store, spec)
     store.delta_table(spec).vacuum(float(retention))
-    files_after, bytes_after = storage_usage(store, spec)
+    files_after, bytes_after = _storage_usage(store, spec)
     report = TableReport(
         store.qualified(spec),
         files_before,
@@ -171,21 +173,21 @@ def maintain_tables(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
     written)."""
     store = TableStore(spark, cfg.storage)
     hours = cfg.storage.retention_hours
-    pins = pinned_versions(store, cfg)
+    pins = _pinned_versions(store, cfg)
     # VACUUM lists a table's folder in this many tasks (default 10,000: minutes for a small table)
-    settings = {LISTING_PARALLELISM: str(cfg.spark.shuffle_partitions)}
-    if hours < SAFE_HOURS:
+    settings = {_LISTING_PARALLELISM: str(cfg.spark.shuffle_partitions)}
+    if hours < _SAFE_HOURS:
         log.warning(
             "maintain_tables: storage.retention_hours=%d < %d: %s=false for this job; readers of older "
             "versions (running jobs, time travel) may fail",
             hours,
-            SAFE_HOURS,
+            _SAFE_HOURS,
             RETENTION_CHECK,
         )
         settings[RETENTION_CHECK] = "false"
-    with session_conf(spark, settings):
+    with _session_conf(spark, settings):
         specs = [TableSpec(name) for name in ALL_TABLE_NAMES]
-        reports = [maintain_table(store, s, hours, pins.get(s.name)) for s in specs if store.exists(s)]
+        reports = [_maintain_table(store, s, hours, pins.get(s.name)) for s in specs if store.exists(s)]
     log.info(
         "maintain_tables: %d tables, %s -> %s bytes",
         len(reports),

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from cdml_spark.config import AppConfig, ConfigError
+from cdml_spark.config import AppConfig
+from cdml_spark.errors import ConfigError
 from cdml_spark.evaluation.run import evaluate
 from cdml_spark.events import run_ingest
 from cdml_spark.features.ingest import ingest_features
@@ -27,6 +28,8 @@ from cdml_spark.summary import summary
 from cdml_spark.tables import Lineage
 from cdml_spark.training.train import train
 from cdml_spark.triplets import make_triplets
+
+__all__ = ["NAMES", "STAGES", "Stage", "run_pipeline", "run_stages"]
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+__all__ = ["LogProgress", "progress_bar"]
+
 
 class LogProgress:
     """tqdm's `update(n)` / `set_postfix(...)` / `close()`, written as one line per `interval` seconds."""

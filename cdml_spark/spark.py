@@ -4,7 +4,6 @@ local one with Delta from the jars that `scripts/setup.sh` cached."""
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import sys
 
@@ -12,8 +11,10 @@ from py4j.java_gateway import JavaClass
 from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig
+from cdml_spark.errors import SetupError
 
-log = logging.getLogger(__name__)
+__all__ = ["DELTA_CONF", "get_spark"]
+
 
 DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -21,11 +22,7 @@ DELTA_CONF = {
 }
 
 
-class SetupError(RuntimeError):
-    """The environment lacks something `scripts/setup.sh` provides."""
-
-
-def delta_jars(cache_dir: str) -> list[str]:
+def _delta_jars(cache_dir: str) -> list[str]:
     jars = sorted(glob.glob(os.path.join(cache_dir, "jars", "delta-*.jar")))
     if not jars:
         raise SetupError(
@@ -51,7 +48,7 @@ def get_spark(cfg: AppConfig) -> SparkSession:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             builder = (
                 builder.master(cfg.spark.master)
-                .config("spark.jars", ",".join(delta_jars(cfg.storage.cache_dir)))
+                .config("spark.jars", ",".join(_delta_jars(cfg.storage.cache_dir)))
                 .config("spark.driver.memory", cfg.spark.driver_memory)
                 .config("spark.ui.showConsoleProgress", "false")
             )

@@ -13,7 +13,9 @@ import pyspark
 
 from cdml_spark.spark import DELTA_CONF
 
-LOG4J = """rootLogger.level = warn
+__all__ = ["write_spark_defaults"]
+
+_LOG4J = """rootLogger.level = warn
 rootLogger.appenderRef.stderr.ref = console
 appender.console.type = Console
 appender.console.name = console
@@ -45,7 +47,7 @@ def write_spark_defaults(jars_dir: str, driver_memory: str, conf_dir: Path) -> P
     for legacy in (Path(pyspark.__file__).parent / "conf").glob("*"):
         if legacy.read_text().startswith(header):
             legacy.unlink()
-    (conf_dir / "log4j2.properties").write_text(header + LOG4J)
+    (conf_dir / "log4j2.properties").write_text(header + _LOG4J)
     target = conf_dir / "spark-defaults.conf"
     target.write_text(header + "".join(f"{k} {v}\n" for k, v in settings.items()))
     return target

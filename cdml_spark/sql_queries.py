@@ -9,7 +9,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from cdml_spark.tables import quote_dotted
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+__all__ = ["render", "run_sql_file"]
+
+_SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
 def render(text: str, params: dict[str, object]) -> str:
@@ -30,4 +32,4 @@ def render(text: str, params: dict[str, object]) -> str:
 
 
 def run_sql_file(spark: SparkSession, name: str, **params: object) -> DataFrame:
-    return spark.sql(render((SQL_DIR / f"{name}.sql").read_text(), params))
+    return spark.sql(render((_SQL_DIR / f"{name}.sql").read_text(), params))

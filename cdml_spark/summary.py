@@ -1,11 +1,10 @@
 """What the demo prints at the end: table sizes, quarantine counts, the model's validation NDCG by
-epoch, and "videos like X" with titles (the most watched videos and `FEATURED`) — by co-watch and,
+epoch, and "videos like X" with titles (the most watched videos and `_FEATURED`) — by co-watch and,
 once embedded, by CDML embedding (including a video nobody watched)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import pandas as pd
@@ -27,9 +26,10 @@ from cdml_spark.tables import (
     TableStore,
 )
 
-log = logging.getLogger(__name__)
+__all__ = ["summary"]
 
-FEATURED = ("American Beauty (1999)",)  # shown by co-watch and by embedding when in the catalog
+
+_FEATURED = ("American Beauty (1999)",)  # shown by co-watch and by embedding when in the catalog
 
 
 def _with_titles(store: TableStore, rows: DataFrame, id_col: str) -> DataFrame:
@@ -62,7 +62,7 @@ def summary(
     run_id: str | None = None,
     examples: int = 3,
     top: int = 5,
-    featured: tuple[str, ...] = FEATURED,
+    featured: tuple[str, ...] = _FEATURED,
 ) -> str:
     """Print (and return) the summary of the tables that exist."""
     store = TableStore(spark, cfg.storage)

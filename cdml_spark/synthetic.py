@@ -27,7 +27,9 @@ from pyspark.sql import DataFrame, SparkSession
 
 from cdml_spark.config import AppConfig, SyntheticConfig
 
-EVENT_SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
+__all__ = ["generate_events", "synthetic_features", "video_topic"]
+
+_EVENT_SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
 _BATCH_USERS = 20_000
 
 
@@ -95,7 +97,7 @@ def generate_events(spark: SparkSession, cfg: SyntheticConfig) -> DataFrame:
                     yield _block_events(int(block), range(chunk, min(chunk + _BATCH_USERS, hi)), cfg)
 
     blocks = spark.range(0, cfg.partitions, numPartitions=cfg.partitions)
-    return blocks.mapInPandas(generate, EVENT_SCHEMA)
+    return blocks.mapInPandas(generate, _EVENT_SCHEMA)
 
 
 def synthetic_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:

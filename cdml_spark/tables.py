@@ -26,6 +26,30 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdml_spark.config import Modality, StorageConfig
+from cdml_spark.errors import RefusedWrite
+
+__all__ = [
+    "ALL_TABLE_NAMES",
+    "COWATCH_EDGES",
+    "EVAL_METRICS",
+    "FAULT_HOLD_ENV",
+    "USER_RECOMMENDATIONS",
+    "VIDEO_EMBEDDINGS",
+    "VIDEO_FEATURES_QUARANTINE",
+    "VIDEO_METADATA",
+    "VIDEO_NEIGHBORS",
+    "VIDEO_SPLITS",
+    "VIDEO_STATS",
+    "WATCH_EVENTS",
+    "WATCH_EVENTS_QUARANTINE",
+    "Lineage",
+    "TableSpec",
+    "TableStore",
+    "check_quarantine",
+    "quote_dotted",
+    "triplets_spec",
+    "video_features_spec",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +58,7 @@ def _field(name: str, dtype: T.DataType, comment: str, nullable: bool = True) ->
     return T.StructField(name, dtype, nullable, metadata={"comment": comment})
 
 
-LINEAGE_FIELDS = [
+_LINEAGE_FIELDS = [
     _field("run_id", T.StringType(), "Id of the job run that wrote this row", False),
     _field("params_hash", T.StringType(), "SHA-256 prefix of the job's parameters", False),
     _field("built_at", T.TimestampType(), "UTC time the writing job started", False),
@@ -51,7 +75,7 @@ class TableSpec:
 
     @property
     def schema(self) -> T.StructType:
-        return T.StructType([*self.fields, *LINEAGE_FIELDS])
+        return T.StructType([*self.fields, *_LINEAGE_FIELDS])
 
 
 WATCH_EVENTS = TableSpec(
@@ -251,32 +275,36 @@ EVAL_METRICS = TableSpec(
     guarded=False,
 )
 
-ALL_TABLE_NAMES = (
-    "watch_events",
-    "watch_events_quarantine",
-    "cowatch_edges",
-    "video_stats",
-    "video_features",
-    "video_features_quarantine",
-    "video_splits",
-    "triplets",
-    "video_metadata",
-    "video_embeddings",
-    "video_neighbors",
-    "user_recommendations",
-    "eval_metrics",
+# every table, in pipeline order (the two spec factories' names do not depend on their arguments)
+ALL_TABLE_NAMES = tuple(
+    spec.name
+    for spec in (
+        WATCH_EVENTS,
+        WATCH_EVENTS_QUARANTINE,
+        COWATCH_EDGES,
+        VIDEO_STATS,
+        video_features_spec(()),
+        VIDEO_FEATURES_QUARANTINE,
+        VIDEO_SPLITS,
+        triplets_spec((), materialize=False),
+        VIDEO_METADATA,
+        VIDEO_EMBEDDINGS,
+        VIDEO_NEIGHBORS,
+        USER_RECOMMENDATIONS,
+        EVAL_METRICS,
+    )
 )
 
-RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration")
+_RETENTION_PROPERTIES = ("delta.logRetentionDuration", "delta.deletedFileRetentionDuration")
 # commits that leave the rows as they were (a recorded input version stays current across them)
-NON_DATA_OPERATIONS = frozenset(
+_NON_DATA_OPERATIONS = frozenset(
     {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "REORG"}
 )
 
 
-def retention_properties(hours: int) -> dict[str, str]:
+def _retention_properties(hours: int) -> dict[str, str]:
     """Delta table properties that keep `hours` of history (log entries and removed data files)."""
-    return {key: f"interval {hours} hours" for key in RETENTION_PROPERTIES}
+    return {key: f"interval {hours} hours" for key in _RETENTION_PROPERTIES}
 
 
 def _quote(part: str) -> str:
@@ -308,11 +336,6 @@ class Lineage:
         ]
 
 
-class RefusedWrite(RuntimeError):
-    """A job's output failed a guard (empty, mostly quarantined, or far smaller than the current
-    version); the table was left untouched."""
-
-
 def check_quarantine(
     table: str, input_rows: int, quarantined: dict[str, int], limit: float, key: str
 ) -> None:
@@ -331,7 +354,7 @@ def check_quarantine(
 FAULT_HOLD_ENV = "CDML_FAULT_HOLD_WRITE"
 
 
-def fault_hold(spec: TableSpec, df: DataFrame) -> DataFrame:
+def _fault_hold(spec: TableSpec, df: DataFrame) -> DataFrame:
     """Test hook, in the spirit of Delta's own test hooks; `df` unchanged unless the environment sets
     CDML_FAULT_HOLD_WRITE=<table>:<gate file>. Then the write of <table> runs as two tasks: the
     first writes its data files, the second waits until <gate file> exists (at most 10 minutes), so
@@ -385,6 +408,14 @@ class TableStore:
             return self.spark.read.format("delta").load(self.path(spec))
         return self.spark.table(self.qualified(spec))
 
+    def read_external(self, spec: TableSpec, path: str) -> tuple[DataFrame, int]:
+        """A `spec` table kept outside this store (e.g. a previous model's `video_neighbors`), by its
+        Delta folder `path`: (its current version's rows, that version) for the caller's lineage."""
+        if not DeltaTable.isDeltaTable(self.spark, path):
+            raise FileNotFoundError(f"no Delta table at {path} (a {spec.name} table was expected)")
+        version = DeltaTable.forPath(self.spark, path).history(1).first()["version"]
+        return self.spark.read.format("delta").option("versionAsOf", version).load(path), version
+
     def location(self, spec: TableSpec) -> str:
         """Storage location of the table (its folder locally; from DESCRIBE DETAIL on a catalog)."""
         if self.local:
@@ -401,7 +432,7 @@ class TableStore:
         latest = (
             self.delta_table(spec)
             .history()
-            .where(~F.col("operation").isin(*NON_DATA_OPERATIONS))
+            .where(~F.col("operation").isin(*_NON_DATA_OPERATIONS))
             .orderBy(F.desc("version"))
             .select("userMetadata")
             .first()
@@ -443,11 +474,11 @@ class TableStore:
             self.delta_table(spec).history().where(F.col("version") > version).select("operation").collect()
         )
         gaps = len(later) != self.version(spec) - version
-        return gaps or any(r["operation"] not in NON_DATA_OPERATIONS for r in later)
+        return gaps or any(r["operation"] not in _NON_DATA_OPERATIONS for r in later)
 
     def set_retention(self, spec: TableSpec, hours: int) -> bool:
         """Set the table's retention properties to `hours` (one commit) unless they already are."""
-        wanted = retention_properties(hours)
+        wanted = _retention_properties(hours)
         current = self.delta_table(spec).detail().first()["properties"]
         if all(current.get(k) == v for k, v in wanted.items()):
             return False
@@ -482,7 +513,7 @@ class TableStore:
             self._create_or_migrate(spec)
             metadata = {"run_id": lineage.run_id, "rows": rows, **(counts or {}), **(inputs or {})}
             writer = (
-                fault_hold(spec, out).write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
+                _fault_hold(spec, out).write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
             )
             writer = writer.option("userMetadata", json.dumps(metadata, default=str))
             if self.local:
@@ -514,7 +545,7 @@ class TableStore:
         """Create the empty table (schema with NOT NULLs and comments, table comment) if missing. An
         existing table with another schema or partitioning (left by an older code version) is
         replaced by the empty new one first (its own commit; the old data stays in the history). Both
-        keep `storage.retention_hours` of history (`retention_properties`)."""
+        keep `storage.retention_hours` of history (`_retention_properties`)."""
         if self.exists(spec):
             current = [(f.name, f.dataType, f.nullable) for f in self.read(spec).schema]
             partitions = tuple(self.delta_table(spec).detail().first()["partitionColumns"])
@@ -533,7 +564,7 @@ class TableStore:
         # locally the table is created by path and registered by name afterwards
         builder = builder.location(self.path(spec)) if self.local else builder.tableName(self.qualified(spec))
         builder = builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment)
-        for key, value in retention_properties(self.storage.retention_hours).items():
+        for key, value in _retention_properties(self.storage.retention_hours).items():
             builder = builder.property(key, value)
         builder.execute()
         if self.local:

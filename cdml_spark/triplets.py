@@ -1,5 +1,10 @@
 """`cowatch_edges` + `video_features` → `video_splits` + `triplets`.
 
+Negatives are sampled here, once per make_triplets run (`triplets.negative_sampling`,
+`negatives_per_positive`, `popularity_beta`, `negative_oversample`, `hard_negatives_*`); at training
+time the in-batch miner (`training.miner`, `cdml_spark/training/mining.py`) re-picks them from each
+step's pool, under the same co-watch rule.
+
 - Split: a video's split comes from u = xxhash64(split_salt, video_id) mapped to [0, 1):
   u < cold_fraction → cold_test; < cold + validation → validation; else train. Ids in the
   optional holdout file are cold_test whatever their hash. Only videos with features get a split.
@@ -8,10 +13,12 @@
   ∝ edge weight (Efraimidis–Spirakis keys −ln(u)/w, smallest first).
 - Negatives: `negatives_per_positive` per (anchor, positive), drawn from the same candidate videos
   uniformly or ∝ (users + 1)^β; never the anchor, the positive, or any video joined to the anchor
-  by a `cowatch_edges` row (either direction). Candidates are oversampled ×4 and filtered.
+  by a `cowatch_edges` row (either direction): `negative_oversample` candidates are drawn per
+  negative wanted, then filtered (a pair left short gets fewer negatives).
 - Hard negatives (optional): with `hard_negatives_from` set to a previous model's `video_neighbors`
-  table, up to `hard_negatives_per_positive` of the negatives are the anchor's embedding neighbours
-  under that model (same rules: allowed split, not a co-watch neighbour), the rest random.
+  table (its version is recorded with the triplets' inputs), up to `hard_negatives_per_positive`
+  of the negatives are the anchor's embedding neighbours under that model (same rules: allowed
+  split, not a co-watch neighbour), the rest random.
 - All randomness is a hash of (seed, ids, draw index), so the same inputs and seed give the same
   triplets whatever the partitioning. Cold-test videos never appear in any triplet.
 """
@@ -31,6 +38,7 @@ from pyspark.sql import functions as F
 from cdml_spark.config import AppConfig, TripletsConfig
 from cdml_spark.tables import (
     COWATCH_EDGES,
+    VIDEO_NEIGHBORS,
     VIDEO_SPLITS,
     VIDEO_STATS,
     Lineage,
@@ -39,10 +47,11 @@ from cdml_spark.tables import (
     video_features_spec,
 )
 
+__all__ = ["assign_splits", "hash_uniform", "make_triplets", "read_holdout"]
+
 log = logging.getLogger(__name__)
 
-OVERSAMPLE = 4
-TRIPLET_FILES = 8
+_TRIPLET_FILES = 8
 _MASK53 = (1 << 53) - 1
 
 
@@ -77,7 +86,7 @@ def read_holdout(spark: SparkSession, path: str | None) -> DataFrame | None:
     return lines.where(F.col("video_id") != "")
 
 
-def sample_positives(edges: DataFrame, splits: DataFrame, cfg: TripletsConfig) -> DataFrame:
+def _sample_positives(edges: DataFrame, splits: DataFrame, cfg: TripletsConfig) -> DataFrame:
     """anchor_id, positive_id, edge_weight, split: weighted sample of each anchor's edges."""
     anchor = splits.select(F.col("video_id").alias("anchor_id"), F.col("split"))
     positive = splits.select(F.col("video_id").alias("positive_id"), F.col("split").alias("_ps"))
@@ -128,7 +137,7 @@ def _inverse_cdf_sampler(table: Broadcast):
     return draw
 
 
-def hard_candidates(
+def _hard_candidates(
     positives: DataFrame, splits: DataFrame, previous: DataFrame, cfg: TripletsConfig
 ) -> DataFrame:
     """Up to `hard_negatives_per_positive` of the anchor's neighbours in a previous model's
@@ -153,7 +162,7 @@ def hard_candidates(
     )
 
 
-def sample_negatives(
+def _sample_negatives(
     spark: SparkSession,
     positives: DataFrame,
     splits: DataFrame,
@@ -163,14 +172,16 @@ def sample_negatives(
 ) -> DataFrame:
     """Adds negative_id: `negatives_per_positive` rows per positive (see module docstring)."""
     parts = (
-        [] if previous_neighbors is None else [hard_candidates(positives, splits, previous_neighbors, cfg)]
+        [] if previous_neighbors is None else [_hard_candidates(positives, splits, previous_neighbors, cfg)]
     )
     for split, allowed in (("train", ["train"]), ("validation", ["train", "validation"])):
         ids, cdf = _candidate_table(splits.where(F.col("split").isin(allowed)), cfg)
         if len(ids) == 0:
             continue
         draw = _inverse_cdf_sampler(spark.sparkContext.broadcast((ids, cdf)))
-        draws = F.explode(F.sequence(F.lit(0), F.lit(cfg.negatives_per_positive * OVERSAMPLE - 1)))
+        draws = F.explode(
+            F.sequence(F.lit(0), F.lit(cfg.negatives_per_positive * cfg.negative_oversample - 1))
+        )
         cand = positives.where(F.col("split") == split).select("*", draws.alias("_j"))
         u = hash_uniform(F.lit(cfg.seed), F.lit("neg"), "anchor_id", "positive_id", "_j")
         parts.append(cand.withColumn("negative_id", draw(u)))
@@ -198,7 +209,7 @@ def sample_negatives(
     )
 
 
-def materialize(triplets: DataFrame, features: DataFrame, names: list[str]) -> DataFrame:
+def _materialize(triplets: DataFrame, features: DataFrame, names: list[str]) -> DataFrame:
     """Join the three videos' vectors: anchor_<m>, positive_<m>, negative_<m> per modality."""
     out = triplets
     for role in ("anchor", "positive", "negative"):
@@ -226,6 +237,16 @@ def make_triplets(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
         "video_features": store.version(features_spec),
         "feature_version": cfg.features.version,
     }
+    previous = None
+    if tcfg.hard_negatives_from:
+        previous, version = store.read_external(VIDEO_NEIGHBORS, tcfg.hard_negatives_from)
+        inputs["hard_negatives_from"] = {"path": tcfg.hard_negatives_from, "version": version}
+        log.info(
+            "make_triplets: up to %d hard negatives per positive from %s (v%d)",
+            tcfg.hard_negatives_per_positive,
+            tcfg.hard_negatives_from,
+            version,
+        )
     lineage = Lineage.new(
         "make_triplets",
         {"triplets": tcfg.model_dump(), "modalities": [m.model_dump() for m in modalities], "inputs": inputs},
@@ -238,24 +259,16 @@ def make_triplets(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
     store.write(VIDEO_SPLITS, splits, lineage)
     splits = store.read(VIDEO_SPLITS)
 
-    positives = sample_positives(edges, splits, tcfg)
-    previous = None
-    if tcfg.hard_negatives_from:
-        previous = spark.read.format("delta").load(tcfg.hard_negatives_from)
-        log.info(
-            "make_triplets: up to %d hard negatives per positive from %s",
-            tcfg.hard_negatives_per_positive,
-            tcfg.hard_negatives_from,
-        )
-    triplets = sample_negatives(spark, positives, splits, edges, tcfg, previous)
+    positives = _sample_positives(edges, splits, tcfg)
+    triplets = _sample_negatives(spark, positives, splits, edges, tcfg, previous)
     spec = triplets_spec(modalities, tcfg.materialize_features)
     if tcfg.materialize_features:
-        triplets = materialize(triplets, features, names)
+        triplets = _materialize(triplets, features, names)
     triplets = triplets.select(
         "*", *[F.xxhash64(f"{role}_id").alias(f"{role}_key") for role in ("anchor", "positive", "negative")]
     )
-    # round-robin into >= TRIPLET_FILES files per split: Petastorm shards row groups across ranks
-    triplets = triplets.repartition(max(TRIPLET_FILES, cfg.spark.shuffle_partitions))
+    # round-robin into >= _TRIPLET_FILES files per split: Petastorm shards row groups across ranks
+    triplets = triplets.repartition(max(_TRIPLET_FILES, cfg.spark.shuffle_partitions))
     store.write(spec, triplets, lineage, inputs)
 
     written = store.read(spec)

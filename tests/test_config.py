@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cdml_spark.config import AppConfig, ConfigError, load_config
+from cdml_spark.config import AppConfig, load_config
+from cdml_spark.errors import ConfigError
 from cdml_spark.sql_queries import render
 from cdml_spark.tables import VIDEO_METADATA, Lineage, TableStore
 from tests.conftest import ROOT, make_config

@@ -8,13 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
-from cdml_spark.events import (
-    InputSchemaError,
-    ingest_events,
-    read_events_source,
-    run_ingest,
-    validate_events,
-)
+from cdml_spark.errors import InputSchemaError
+from cdml_spark.events import ingest_events, read_events_source, run_ingest, validate_events
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore
 
 SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"

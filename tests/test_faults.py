@@ -322,7 +322,7 @@ def test_two_writers_one_commits_the_other_fails_cleanly(warehouse, tmp_path):
             if proc.poll() is None:
                 kill_job(proc)
     codes = {w: p.returncode for w, p in procs.items()}
-    assert both_held, f"writers not both held mid-write (does TableStore.write call fault_hold?) {codes}"
+    assert both_held, f"writers not both held mid-write (does TableStore.write call _fault_hold?) {codes}"
     print(
         f"both writers mid-write {held_at:.0f}s after start; exit codes {codes}; {time.time() - started:.0f}s"
     )

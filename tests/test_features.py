@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from cdml_spark.events import InputSchemaError
+from cdml_spark.errors import InputSchemaError
 from cdml_spark.features.ingest import ingest_features, validate_features, write_features
 from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, TableStore, video_features_spec
 

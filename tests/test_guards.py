@@ -8,13 +8,13 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cdml_spark.errors import RefusedWrite
 from cdml_spark.events import ingest_events, read_events_source
 from cdml_spark.tables import (
     VIDEO_STATS,
     WATCH_EVENTS,
     WATCH_EVENTS_QUARANTINE,
     Lineage,
-    RefusedWrite,
     TableStore,
 )
 from tests.test_jobs import run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cdml_spark.config import ConfigError
+from cdml_spark.errors import ConfigError
 from cdml_spark.pipeline import run_pipeline, run_stages
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, WATCH_EVENTS, TableStore
 from tests.conftest import SMALL

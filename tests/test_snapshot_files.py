@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from cdml_spark.cli import run_job
+from cdml_spark.errors import DeletedRowsInFiles
 from cdml_spark.serving.neighbors import build_neighbors
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableSpec, TableStore, triplets_spec
-from cdml_spark.training.loader import DeletedRowsInFiles, snapshot_files
+from cdml_spark.training.loader import snapshot_files
 from tests.conftest import LOCAL_CONF
 
 

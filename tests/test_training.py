@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from cdml_spark.errors import StaleTriplets, UnknownVideoKey
 from cdml_spark.features.ingest import ingest_features
 from cdml_spark.tables import COWATCH_EDGES, TableStore, triplets_spec, video_features_spec
-from cdml_spark.training.inputs import StaleTriplets, check_inputs
-from cdml_spark.training.loader import FeatureTable, UnknownVideoKey, iterate_batches, snapshot_files
+from cdml_spark.training.inputs import check_inputs
+from cdml_spark.training.loader import FeatureTable, iterate_batches, snapshot_files
 from cdml_spark.training.mining import ForbiddenPairs, mine_negatives, squared_distances, triplet_loss
 from cdml_spark.training.model import CDMLNet, ModelSpec, load_model, save_model
 from cdml_spark.training.train import train

@@ -111,7 +111,9 @@ def test_hard_negatives_from_previous_neighbors(spark, pipeline, tmp_path):
     )
     try:
         make_triplets(spark, hard_cfg)
-        rows = read(spark, cfg, triplets_spec(cfg.features.modalities, materialize=True)).collect()
+        spec = triplets_spec(cfg.features.modalities, materialize=True)
+        assert store.commit_inputs(spec)["hard_negatives_from"] == {"path": path, "version": 0}
+        rows = store.read(spec).collect()
         prev = {(a, n) for a, n, _ in previous}
         edges = {(r.video_id, r.neighbor_id) for r in store.read(COWATCH_EDGES).collect()}
         splits = {r.video_id: r.split for r in store.read(VIDEO_SPLITS).collect()}

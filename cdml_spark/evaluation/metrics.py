@@ -19,6 +19,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+__all__ = [
+    "average_precision_at_k",
+    "global_average_precision",
+    "mean_average_precision",
+    "mean_ranking_metric",
+    "ndcg_at_k",
+    "rank_items",
+    "recall_at_k",
+]
+
 
 def ndcg_at_k(ranked: Sequence, relevant: set, k: int) -> float:
     hits = [1.0 if x in relevant else 0.0 for x in list(ranked)[:k]]
@@ -40,14 +50,14 @@ def recall_at_k(ranked: Sequence, relevant: set, k: int) -> float:
     return len(relevant.intersection(list(ranked)[:k])) / len(relevant)
 
 
-RANKING_METRICS = {"ndcg": ndcg_at_k, "map": average_precision_at_k, "recall": recall_at_k}
+_RANKING_METRICS = {"ndcg": ndcg_at_k, "map": average_precision_at_k, "recall": recall_at_k}
 
 
 def mean_ranking_metric(name: str, ranked: Sequence[Sequence], relevant: Sequence[set], k: int) -> float:
     """Mean of metric `name` over queries (every relevant set must be non-empty)."""
     if any(not r for r in relevant):
         raise ValueError("every query needs at least one relevant item")
-    metric = RANKING_METRICS[name]
+    metric = _RANKING_METRICS[name]
     return float(np.mean([metric(p, r, k) for p, r in zip(ranked, relevant, strict=True)]))
 
 

@@ -3,7 +3,6 @@ held-out truth (co-watch graph, users) and the catalog the tasks rank. Described
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Literal
 
@@ -29,7 +28,20 @@ from cdml_spark.tables import (
 )
 from cdml_spark.triplets import assign_splits, hash_uniform, read_holdout
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "Protocol",
+    "held_out_events",
+    "held_out_neighbours",
+    "index_of",
+    "load_catalog",
+    "load_users",
+    "protocol_split",
+    "time_split",
+    "training_events",
+    "user_holdout_split",
+    "workspace_config",
+]
+
 
 Protocol = Literal["time_split", "user_holdout"]
 

@@ -7,7 +7,9 @@ import os
 
 import pandas as pd
 
-TASK_NOTES = {  # protocol -> task -> note
+__all__ = ["headline", "markdown_table", "pivot", "plot_task", "write_report"]
+
+_TASK_NOTES = {  # protocol -> task -> note
     "time_split": {
         "retrieval": "truth = the held-out period's co-watch graph (the cowatch_edges rule: cosine, top "
         "max_neighbors); query = a video with held-out co-watch neighbours; warm = train-split videos watched "
@@ -25,7 +27,7 @@ TASK_NOTES = {  # protocol -> task -> note
         "cold_test videos (no training event at all). cooccurrence_cf is undefined for cold videos.",
     },
 }
-METHOD_ORDER = [
+_METHOD_ORDER = [
     "random",
     "popularity",
     "genre_prior",
@@ -35,7 +37,7 @@ METHOD_ORDER = [
     "cdml_late",
 ]
 # protocol -> headline columns: (label, task, metric, k, item_split)
-HEADLINES: dict[str, list[tuple[str, str, str, int, str]]] = {
+_HEADLINES: dict[str, list[tuple[str, str, str, int, str]]] = {
     "time_split": [
         ("retr ndcg@10 warm", "retrieval", "ndcg", 10, "warm"),
         ("retr ndcg@10 cold", "retrieval", "ndcg", 10, "cold"),
@@ -52,38 +54,38 @@ HEADLINES: dict[str, list[tuple[str, str, str, int, str]]] = {
 }
 
 
-def column_label(row: pd.Series) -> str:
+def _column_label(row: pd.Series) -> str:
     at = "" if pd.isna(row["k"]) else f"@{int(row['k'])}"
     return f"{row['metric']}{at} {row['item_split']}"
 
 
-def method_order(methods: list[str]) -> list[str]:
-    """Baselines first, then CDML, in METHOD_ORDER (unknown methods last, by name)."""
-    return sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+def _method_order(methods: list[str]) -> list[str]:
+    """Baselines first, then CDML, in _METHOD_ORDER (unknown methods last, by name)."""
+    return sorted(set(methods), key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else 99, m))
 
 
 def pivot(frame: pd.DataFrame) -> pd.DataFrame:
     """method × 'metric@k split' table of values, columns in a stable order."""
-    frame = frame.assign(column=frame.apply(column_label, axis=1))
+    frame = frame.assign(column=frame.apply(_column_label, axis=1))
     order = frame.sort_values(["item_split", "metric", "k"], ascending=[False, True, True])["column"].unique()
     methods = list(dict.fromkeys(frame["method"]))
     return frame.pivot_table(index="method", columns="column", values="value").reindex(methods)[list(order)]
 
 
 def headline(frame: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """method × headline column (HEADLINES[protocol]) of one dataset's rows for `protocol`; NaN where
+    """method × headline column (_HEADLINES[protocol]) of one dataset's rows for `protocol`; NaN where
     a method has no such metric (e.g. cooccurrence_cf on cold videos)."""
     rows = frame[frame["protocol"] == protocol] if "protocol" in frame else frame
     value = {
         (r.method, r.task, r.metric, None if pd.isna(r.k) else int(r.k), r.item_split): r.value
         for r in rows.itertuples()
     }
-    columns = HEADLINES.get(protocol, [])
+    columns = _HEADLINES.get(protocol, [])
     table = {
-        label: [value.get((m, task, metric, k, split)) for m in method_order(list(rows["method"]))]
+        label: [value.get((m, task, metric, k, split)) for m in _method_order(list(rows["method"]))]
         for label, task, metric, k, split in columns
     }
-    return pd.DataFrame(table, index=method_order(list(rows["method"])), dtype=float)
+    return pd.DataFrame(table, index=_method_order(list(rows["method"])), dtype=float)
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -127,7 +129,7 @@ def _section(rows: pd.DataFrame, dataset: str, protocol: str, counts: dict, repo
         table = pivot(by_task)
         png = f"{dataset}_{protocol}_{task}.png"
         plot_task(table, f"{dataset} ({protocol}): {task}", os.path.join(report_dir, png))
-        note = TASK_NOTES.get(protocol, {}).get(task, "")
+        note = _TASK_NOTES.get(protocol, {}).get(task, "")
         lines += [f"### {task}", "", note, "", markdown_table(table), "", f"![{task}]({png})", ""]
     return lines
 

@@ -73,10 +73,12 @@ from cdml_spark.tables import (
     TableStore,
 )
 
+__all__ = ["evaluate"]
+
 log = logging.getLogger(__name__)
 
 
-def run_training_period(
+def _run_training_period(
     spark: SparkSession, ecfg: AppConfig, source: DataFrame, split: DataFrame, protocol: Protocol, run_id: str
 ) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
     """The pipeline on the split's training events in the workspace (`source`: the dataset's events as
@@ -146,7 +148,7 @@ def _score(
     return rows, {**counts, "users": len(users.test)}
 
 
-def evaluate_protocol(
+def _evaluate_protocol(
     spark: SparkSession,
     cfg: AppConfig,
     dataset: str,
@@ -160,7 +162,7 @@ def evaluate_protocol(
     source, valid = events
     ecfg = workspace_config(cfg, dataset, protocol)
     split = protocol_split(valid.select("user_id", "video_id", "event_ts"), ecfg, protocol).persist()
-    models = run_training_period(spark, ecfg, source, split, protocol, run_id)
+    models = _run_training_period(spark, ecfg, source, split, protocol, run_id)
     catalog = load_catalog(spark, ecfg)
     vectors = _model_vectors(models, catalog)
     relevant = held_out_neighbours(held_out_events(valid, split), ecfg.graph, index_of(catalog.ids))
@@ -173,7 +175,7 @@ def evaluate_protocol(
     return [{**asdict(r), **meta, "model_version": versions.get(r.method)} for r in rows], counts
 
 
-def evaluate_dataset(
+def _evaluate_dataset(
     spark: SparkSession, cfg: AppConfig, dataset: str, run_id: str
 ) -> tuple[list[dict], dict[str, dict]]:
     """Metric rows and counts (by protocol) of every configured protocol on one dataset; the events
@@ -183,7 +185,7 @@ def evaluate_dataset(
     valid = validate_events(source, ecfg.events).where(F.col("reason").isNull())
     rows, counts = [], {}
     for protocol in cfg.evaluation.protocols:
-        protocol_rows, counts[protocol] = evaluate_protocol(
+        protocol_rows, counts[protocol] = _evaluate_protocol(
             spark, cfg, dataset, protocol, (source, valid), run_id
         )
         rows += protocol_rows
@@ -232,7 +234,7 @@ def evaluate(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> 
     lineage = Lineage.new("evaluate", params, run_id)
     rows, counts = [], {}
     for dataset in ev.datasets:
-        dataset_rows, counts[dataset] = evaluate_dataset(spark, cfg, dataset, lineage.run_id)
+        dataset_rows, counts[dataset] = _evaluate_dataset(spark, cfg, dataset, lineage.run_id)
         rows += dataset_rows
     metrics = pd.DataFrame(rows)
     store = TableStore(spark, cfg.storage)

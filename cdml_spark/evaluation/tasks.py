@@ -23,8 +23,20 @@ from cdml_spark.evaluation.metrics import (
     rank_items,
 )
 
+__all__ = [
+    "Catalog",
+    "Graph",
+    "MetricRow",
+    "Scorer",
+    "Users",
+    "classification",
+    "recommendation",
+    "retrieval",
+    "scorers",
+]
+
 Scorer = Callable[[list[np.ndarray]], np.ndarray]  # item-index groups (1 per query) -> scores[Q, N]
-CHUNK = 512
+_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -102,10 +114,10 @@ def _defined(method: str, item_split: str) -> bool:
 def _ranked(
     scorer: Scorer, groups: list[np.ndarray], excluded: list[np.ndarray], allowed: np.ndarray | None, k: int
 ) -> Iterator[np.ndarray]:
-    """Top-k item indices per query, in chunks (memory O(CHUNK · N))."""
-    for start in range(0, len(groups), CHUNK):
-        scores = np.array(scorer(groups[start : start + CHUNK]), dtype=np.float64)
-        for row, skip in enumerate(excluded[start : start + CHUNK]):
+    """Top-k item indices per query, in chunks (memory O(_CHUNK · N))."""
+    for start in range(0, len(groups), _CHUNK):
+        scores = np.array(scorer(groups[start : start + _CHUNK]), dtype=np.float64)
+        for row, skip in enumerate(excluded[start : start + _CHUNK]):
             scores[row, skip] = -np.inf
         if allowed is not None:
             scores[:, ~allowed] = -np.inf
@@ -181,7 +193,7 @@ def recommendation(catalog: Catalog, methods: dict[str, Scorer], users: Users, k
     return rows
 
 
-def fit_one_vs_rest(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 200) -> Callable:
+def _fit_one_vs_rest(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int = 200) -> Callable:
     """One-vs-rest logistic regression (independent sigmoid per class, L2 penalty), fitted with
     L-BFGS; returns a function x -> class probabilities."""
     import torch
@@ -218,7 +230,7 @@ def classification(
         "genre_prior": np.tile(labels[train].mean(axis=0), (int(test.sum()), 1)),
     }
     for name, matrix in {"raw_features": catalog.raw, **vectors}.items():
-        predictions[name] = fit_one_vs_rest(matrix[train], labels[train])(matrix[test])
+        predictions[name] = _fit_one_vs_rest(matrix[train], labels[train])(matrix[test])
     support = int(test.sum())
     return [
         row

@@ -27,24 +27,26 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig, FramesConfig, Modality
-from cdml_spark.events import InputSchemaError
+from cdml_spark.errors import InputSchemaError
+
+__all__ = ["frame_features"]
 
 log = logging.getLogger(__name__)
 
-FRAME_COLUMNS = ("video_id", "frame_index", "modality", "vector")
+_FRAME_COLUMNS = ("video_id", "frame_index", "modality", "vector")
 
 
-def dequantize(col, lo: float, hi: float):
+def _dequantize(col, lo: float, hi: float):
     """YouTube-8M's dequantisation of 8-bit features (see module docstring)."""
     span = hi - lo
     return F.transform(col, lambda q: q * (span / 255.0) + (span / 512.0) + lo)
 
 
-def read_frames(spark: SparkSession, cfg: FramesConfig) -> DataFrame:
+def _read_frames(spark: SparkSession, cfg: FramesConfig) -> DataFrame:
     if not cfg.path:
         raise InputSchemaError("features.source is 'frames' but config key 'features.frames.path' is not set")
     frames = spark.read.format(cfg.format).load(cfg.path)
-    missing = [c for c in FRAME_COLUMNS if c not in frames.columns]
+    missing = [c for c in _FRAME_COLUMNS if c not in frames.columns]
     if missing:
         raise InputSchemaError(f"frame input lacks columns {missing}; has {frames.columns}")
     return frames
@@ -98,7 +100,7 @@ def _fit_or_load(
 def frame_features(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, DataFrame]:
     """(video_id + one pooled array per modality, quarantined frames: video_id, reason, modality)."""
     fcfg = cfg.features.frames
-    frames = read_frames(spark, fcfg)
+    frames = _read_frames(spark, fcfg)
     pooled, quarantined = None, []
     for modality in cfg.features.modalities:
         rows = frames.where(F.col("modality") == modality.name).select(
@@ -106,7 +108,7 @@ def frame_features(spark: SparkSession, cfg: AppConfig) -> tuple[DataFrame, Data
         )
         if fcfg.quantized:
             rows = rows.select(
-                "video_id", dequantize(F.col("v"), fcfg.quantized_min, fcfg.quantized_max).alias("v")
+                "video_id", _dequantize(F.col("v"), fcfg.quantized_min, fcfg.quantized_max).alias("v")
             )
         sizes = rows.groupBy(F.size("v").alias("n")).count().orderBy(F.desc("count")).first()
         if sizes is None:

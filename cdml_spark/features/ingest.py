@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdml_spark.config import AppConfig, FeaturesConfig
-from cdml_spark.events import InputSchemaError
+from cdml_spark.errors import InputSchemaError
 from cdml_spark.tables import (
     VIDEO_FEATURES_QUARANTINE,
     VIDEO_METADATA,
@@ -30,6 +30,8 @@ from cdml_spark.tables import (
     check_quarantine,
     video_features_spec,
 )
+
+__all__ = ["ingest_features", "validate_features", "write_features"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def _divide_by(norm: str):
     return lambda x: x / F.col(norm)
 
 
-def l2_normalize(df: DataFrame, names: list[str]) -> DataFrame:
+def _l2_normalize(df: DataFrame, names: list[str]) -> DataFrame:
     """Unit-length vectors in columns `names` (all-zero vectors stay as they are). Each norm is a
     column of its own: inside the `transform` lambda it would be recomputed per element (O(d²))."""
     squares = {n: F.aggregate(n, F.lit(0.0), lambda acc, x: acc + x * x) for n in names}
@@ -90,13 +92,13 @@ def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, Da
     )
     valid = checked.where(F.col("reason").isNull()).select("video_id", *names)
     if cfg.l2_normalize:
-        valid = l2_normalize(valid, names)
+        valid = _l2_normalize(valid, names)
     valid = valid.select("video_id", *[F.col(n).cast("array<float>").alias(n) for n in names])
     quarantine = checked.where(F.col("reason").isNotNull()).select("video_id", "reason", "modality")
     return valid, quarantine
 
 
-def reason_counts(quarantine: DataFrame) -> dict[str, int]:
+def _reason_counts(quarantine: DataFrame) -> dict[str, int]:
     return {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
 
 
@@ -114,11 +116,11 @@ def write_features(
     )  # computed once (text encoding is costly), read twice
     valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
     input_rows = source.count()
-    invalid_videos = reason_counts(quarantine)
+    invalid_videos = _reason_counts(quarantine)
     reasons = dict(invalid_videos)
     if upstream_quarantine is not None:  # bad frames: reported, but not part of the videos' invalid share
         quarantine = quarantine.unionByName(upstream_quarantine)
-        for reason, count in reason_counts(upstream_quarantine).items():
+        for reason, count in _reason_counts(upstream_quarantine).items():
             reasons[reason] = reasons.get(reason, 0) + count
     counts = {"input_rows": input_rows, "quarantined": reasons}
     store = TableStore(spark, cfg.storage)
@@ -150,7 +152,7 @@ def write_features(
     return {"written": written, "quarantined": reasons, "seconds": seconds}
 
 
-def read_features_path(spark: SparkSession, cfg: FeaturesConfig) -> DataFrame:
+def _read_features_path(spark: SparkSession, cfg: FeaturesConfig) -> DataFrame:
     """A user's video-level vectors, columns renamed per `features.columns`."""
     if not cfg.path:
         raise InputSchemaError("features.source is 'path' but config key 'features.path' is not set")
@@ -165,7 +167,7 @@ def read_features_path(spark: SparkSession, cfg: FeaturesConfig) -> DataFrame:
     return raw.select(*[F.col(f"`{cfg.columns.get(n, n)}`").alias(n) for n in wanted])
 
 
-def video_metadata(spark: SparkSession, cfg: AppConfig, store: TableStore) -> DataFrame:
+def _video_metadata(spark: SparkSession, cfg: AppConfig, store: TableStore) -> DataFrame:
     """Titles/genres for people reading results: MovieLens item files; synthetic videos get their
     latent topic as genre; other sources their id as title."""
     ids = store.read(video_features_spec(cfg.features.modalities)).select("video_id")
@@ -197,7 +199,7 @@ def ingest_features(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
     lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)
     report = _write_source(spark, cfg, lineage.run_id)
     store = TableStore(spark, cfg.storage)
-    store.write(VIDEO_METADATA, video_metadata(spark, cfg, store), lineage)
+    store.write(VIDEO_METADATA, _video_metadata(spark, cfg, store), lineage)
     return report
 
 
@@ -217,4 +219,4 @@ def _write_source(spark: SparkSession, cfg: AppConfig, run_id: str | None) -> di
 
         pooled, bad_frames = frame_features(spark, cfg)
         return write_features(spark, cfg, pooled, run_id, upstream_quarantine=bad_frames)
-    return write_features(spark, cfg, read_features_path(spark, cfg.features), run_id)
+    return write_features(spark, cfg, _read_features_path(spark, cfg.features), run_id)

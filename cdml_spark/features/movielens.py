@@ -20,16 +20,18 @@ from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig, FeaturesConfig, Modality
 from cdml_spark.datasets import MOVIELENS, movielens_items, movielens_table
-from cdml_spark.events import InputSchemaError
+from cdml_spark.errors import InputSchemaError
 from cdml_spark.features.text_encoder import TEXT_DIM, encode, model_dir
 
+__all__ = ["movielens_features"]
 
-def stable_bucket(token: str, buckets: int) -> int:
+
+def _stable_bucket(token: str, buckets: int) -> int:
     """Process-independent hash of a token into [0, buckets)."""
     return int.from_bytes(hashlib.md5(token.encode()).digest()[:8], "little") % buckets
 
 
-def meta_vectors(genres: list, relations: list, genre_vocab: list[str], dim: int) -> np.ndarray:
+def _meta_vectors(genres: list, relations: list, genre_vocab: list[str], dim: int) -> np.ndarray:
     """Genre multi-hot in the first len(genre_vocab) slots, relation tokens hashed into the rest."""
     index = {g: i for i, g in enumerate(genre_vocab)}
     out = np.zeros((len(genres), dim), dtype=np.float32)
@@ -37,7 +39,7 @@ def meta_vectors(genres: list, relations: list, genre_vocab: list[str], dim: int
         for g in gs:
             out[row, index[g]] = 1.0
         for token in rels if rels is not None else []:
-            out[row, len(genre_vocab) + stable_bucket(token, dim - len(genre_vocab))] = 1.0
+            out[row, len(genre_vocab) + _stable_bucket(token, dim - len(genre_vocab))] = 1.0
     return out
 
 
@@ -50,7 +52,7 @@ def _modality(cfg: FeaturesConfig, name: str, dim: int | None = None) -> Modalit
     return found[0]
 
 
-def kg_relations(spark: SparkSession, cache_dir: str, dataset: str, genres: bool = True) -> DataFrame:
+def _kg_relations(spark: SparkSession, cache_dir: str, dataset: str, genres: bool = True) -> DataFrame:
     """video_id, relations: KG tokens shared by >= 2 movies (ML-100K has a KG; others get none);
     `genres=False` drops the genre relations."""
     if dataset != "movielens-100k":
@@ -94,7 +96,7 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
         raise InputSchemaError(
             f"features modality 'meta' dim {meta.dim} must exceed the {len(genre_vocab)} genres"
         )
-    relations = kg_relations(spark, cfg.storage.cache_dir, dataset, with_genres)
+    relations = _kg_relations(spark, cfg.storage.cache_dir, dataset, with_genres)
     decade = F.format_string("decade=%d", (F.col("year") / 10).cast("int") * 10)
     rows = (
         items.join(relations, "video_id", "left")
@@ -119,7 +121,7 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
                     "video_id": b["video_id"],
                     text.name: list(encode(sentences, path, batch_size)),
                     meta.name: list(
-                        meta_vectors(
+                        _meta_vectors(
                             list(b["genres"]) if with_genres else [[]] * len(b),
                             list(b["relations"]),
                             genre_vocab,

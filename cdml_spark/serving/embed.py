@@ -17,6 +17,8 @@ from pyspark.sql import functions as F
 from cdml_spark.config import AppConfig
 from cdml_spark.tables import VIDEO_EMBEDDINGS, Lineage, TableStore, video_features_spec
 
+__all__ = ["current_embeddings", "embed_catalog", "resolve_model"]
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +47,7 @@ def _model(path: str):
     return load_model(path, map_location=device).to(device), device
 
 
-def embed_frame(path: str, names: list[str], batch: pd.DataFrame, batch_size: int) -> np.ndarray:
+def _embed_frame(path: str, names: list[str], batch: pd.DataFrame, batch_size: int) -> np.ndarray:
     import torch
 
     model, device = _model(path)
@@ -78,7 +80,7 @@ def embed_catalog(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
 
     def task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            vectors = embed_frame(path, names, batch, batch_size)
+            vectors = _embed_frame(path, names, batch, batch_size)
             yield pd.DataFrame({"video_id": batch["video_id"], "embedding": list(vectors)})
 
     features = store.read(features_spec).select("video_id", *names)

@@ -27,6 +27,8 @@ from cdml_spark.serving.top_k import (
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableStore
 from cdml_spark.training.loader import snapshot_files
 
+__all__ = ["build_neighbors"]
+
 log = logging.getLogger(__name__)
 
 

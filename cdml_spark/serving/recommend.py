@@ -22,10 +22,12 @@ from cdml_spark.serving.top_k import blocked_top_k
 from cdml_spark.tables import USER_RECOMMENDATIONS, VIDEO_EMBEDDINGS, WATCH_EVENTS, Lineage, TableStore
 from cdml_spark.training.loader import snapshot_files
 
+__all__ = ["recommend"]
+
 log = logging.getLogger(__name__)
 
 
-def user_queries(events: DataFrame, embeddings: DataFrame, history: int) -> DataFrame:
+def _user_queries(events: DataFrame, embeddings: DataFrame, history: int) -> DataFrame:
     """query_id (user), vector (mean of the recent history's embeddings), exclude (all watched)."""
     latest = events.groupBy("user_id", "video_id").agg(F.max("event_ts").alias("ts"))
     watched = latest.groupBy("user_id").agg(F.collect_list("video_id").alias("exclude"))
@@ -52,7 +54,7 @@ def recommend(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) ->
         },
         run_id,
     )
-    queries = user_queries(store.read(WATCH_EVENTS), embeddings, cfg.recommend.history)
+    queries = _user_queries(store.read(WATCH_EVENTS), embeddings, cfg.recommend.history)
     files = snapshot_files(spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS))
     result = blocked_top_k(spark, queries, files, cfg.recommend.k, cfg.neighbors.block_size)
     rows = result.select(

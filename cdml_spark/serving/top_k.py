@@ -15,10 +15,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
+__all__ = [
+    "RESULT_SCHEMA",
+    "ann_recall",
+    "ann_search",
+    "blocked_top_k",
+    "build_faiss_index",
+    "cached_index",
+    "exact_top_k",
+]
+
 RESULT_SCHEMA = "query_id string, neighbor_id string, rank int, score float"
 
 
-def merge_top_k(
+def _merge_top_k(
     best_ids: np.ndarray, best_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-k of the union of (best_ids, best_scores) and a new block (ids broadcast per row)."""
@@ -49,12 +59,12 @@ def exact_top_k(
         for i, skip in enumerate(excluded):
             cols = [position[v] for v in skip if v in position]
             scores[i, cols] = -np.inf
-        best_ids, best_scores = merge_top_k(best_ids, best_scores, ids, scores, k)
+        best_ids, best_scores = _merge_top_k(best_ids, best_scores, ids, scores, k)
     valid = np.isfinite(best_scores)
     return np.where(valid, best_ids, None), best_scores
 
 
-def parquet_blocks(
+def _parquet_blocks(
     files: list[str], id_col: str, vec_col: str, block_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for path in files:
@@ -87,7 +97,7 @@ def blocked_top_k(
             q = np.stack(batch["vector"]).astype(np.float32)
             excluded = [set(x) if x is not None else set() for x in batch["exclude"]]
             ids, scores = exact_top_k(
-                q, excluded, parquet_blocks(candidate_files, "video_id", "embedding", block_size), k
+                q, excluded, _parquet_blocks(candidate_files, "video_id", "embedding", block_size), k
             )
             yield _rows(batch["query_id"], ids, scores)
 

@@ -11,6 +11,8 @@ import time
 import torch
 import torch.distributed as dist
 
+__all__ = ["Backend", "Horovod", "TorchDDP", "connect", "gather_with_grad"]
+
 
 class TorchDDP:
     """torch.distributed (gloo on CPU, NCCL on GPUs) + DDP."""

@@ -9,12 +9,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
+from cdml_spark.errors import StaleTriplets
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_SPLITS, TableSpec, TableStore, video_features_spec
 from cdml_spark.training.loader import FeatureTable
 
-
-class StaleTriplets(RuntimeError):
-    """The triplets were built from other inputs than the current tables hold."""
+__all__ = ["check_inputs", "cowatch_keys", "training_catalog", "validation_queries"]
 
 
 def check_inputs(store: TableStore, triplets: TableSpec, cfg: AppConfig) -> None:

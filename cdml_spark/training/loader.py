@@ -19,12 +19,11 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from cdml_spark.errors import DeletedRowsInFiles, UnknownVideoKey
+
+__all__ = ["ROLES", "FeatureTable", "iterate_batches", "parquet_rows", "snapshot_files"]
+
 ROLES = ("anchor", "positive", "negative")
-
-
-class DeletedRowsInFiles(RuntimeError):
-    """The snapshot's parquet files hold rows that Delta deletion vectors mark deleted: a reader of the
-    files themselves would return them."""
 
 
 def snapshot_files(
@@ -55,12 +54,8 @@ def parquet_rows(files: list[str]) -> int:
     return sum(_footer(f).num_rows for f in files)
 
 
-def row_groups(files: list[str]) -> int:
+def _row_groups(files: list[str]) -> int:
     return sum(_footer(f).num_row_groups for f in files)
-
-
-class UnknownVideoKey(KeyError):
-    """A triplet names a video key that the in-memory feature table does not hold."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ def iterate_batches(
 
     if not files:
         return
-    groups = row_groups(files)
+    groups = _row_groups(files)
     if groups < world:
         raise ValueError(
             f"{groups} row groups cannot be sharded over {world} processes: write more triplet files"

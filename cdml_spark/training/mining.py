@@ -1,5 +1,9 @@
 """Negative mining, the triplet loss and its reduction (plain torch), as separate named pieces.
 
+Each triplet's own negative was sampled by make_triplets (`cdml_spark/triplets.py`: `triplets.*`
+negative sampling, hard negatives); in-batch mining here replaces it at training time
+(`training.miner`, `pool_positives`, `reduction`).
+
 Distances are squared Euclidean between unit-norm embeddings: d(x, y) = |f(x) − f(y)|².
 Loss of a triplet: [d(a, p) − d(a, n) + α]₊.
 
@@ -23,11 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-MINERS = ("none", "semi_hard", "hardest")
-ROW_CHUNK = 1024  # rows of the (triplets × candidates) masks built at once
+__all__ = ["ForbiddenPairs", "mine_negatives", "squared_distances", "triplet_loss"]
+
+_MINERS = ("none", "semi_hard", "hardest")
+_ROW_CHUNK = 1024  # rows of the (triplets × candidates) masks built at once
 
 
-def pair_code(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _pair_code(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Order-free 64-bit code of two video keys (xxhash64 values): a XOR b."""
     return torch.bitwise_xor(a, b)
 
@@ -40,13 +46,13 @@ class ForbiddenPairs:
 
     @classmethod
     def from_keys(cls, left: np.ndarray, right: np.ndarray) -> ForbiddenPairs:
-        codes = pair_code(torch.from_numpy(left.astype(np.int64)), torch.from_numpy(right.astype(np.int64)))
+        codes = _pair_code(torch.from_numpy(left.astype(np.int64)), torch.from_numpy(right.astype(np.int64)))
         return cls(np.unique(codes.numpy()))
 
     def contains(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Elementwise: is (a, b) a forbidden pair? (broadcasting int64 key tensors)."""
         codes = torch.from_numpy(self.codes).to(a.device)
-        query = pair_code(a, b)
+        query = _pair_code(a, b)
         if len(codes) == 0:
             return torch.zeros_like(query, dtype=torch.bool)
         at = torch.searchsorted(codes, query.contiguous()).clamp_max(len(codes) - 1)
@@ -72,12 +78,12 @@ def mine_negatives(
     """Index into `pool` of each triplet's negative; `own[i]` is triplet i's own negative's index."""
     if miner == "none":
         return own
-    if miner not in MINERS:
-        raise ValueError(f"unknown miner {miner!r}: expected one of {MINERS}")
+    if miner not in _MINERS:
+        raise ValueError(f"unknown miner {miner!r}: expected one of {_MINERS}")
     d_ap = (anchor - positive).pow(2).sum(1)
     picks = []
-    for lo in range(0, len(anchor), ROW_CHUNK):
-        rows = slice(lo, lo + ROW_CHUNK)
+    for lo in range(0, len(anchor), _ROW_CHUNK):
+        rows = slice(lo, lo + _ROW_CHUNK)
         d_an = squared_distances(anchor[rows], pool)
         allowed = (pool_keys[None, :] != anchor_keys[rows, None]) & (
             pool_keys[None, :] != positive_keys[rows, None]

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+__all__ = ["CDMLNet", "ModelSpec", "load_model", "save_model"]
+
 
 @dataclass(frozen=True)
 class ModelSpec:

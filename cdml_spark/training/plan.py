@@ -12,6 +12,8 @@ from cdml_spark.training.loader import FeatureTable
 from cdml_spark.training.mining import ForbiddenPairs
 from cdml_spark.training.model import ModelSpec
 
+__all__ = ["TrainPlan", "ValidationSet"]
+
 
 @dataclass(frozen=True)
 class ValidationSet:

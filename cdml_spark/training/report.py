@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from cdml_spark.config import MlflowConfig
 
+__all__ = ["log_training_run", "plot_history"]
+
 
 def plot_history(history: list[dict], path: str, best_epoch: int = 0) -> None:
     """Training loss and validation NDCG per epoch, the kept epoch marked."""

@@ -30,10 +30,12 @@ from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.report import log_training_run, plot_history
 from cdml_spark.training.worker import train_worker
 
+__all__ = ["train"]
+
 log = logging.getLogger(__name__)
 
 
-def launch(plan: TrainPlan, use_gpu: bool) -> list[dict]:
+def _launch(plan: TrainPlan, use_gpu: bool) -> list[dict]:
     """Run `train_worker` in `training.num_processes` processes: TorchDistributor (torch; returns rank
     0's result) or horovod.spark.run (horovod: one Spark task per process over gloo; every rank's result)."""
     tc = plan.training
@@ -116,7 +118,7 @@ def train(
     started = time.time()
     if not resume and os.path.exists(plan.checkpoint_path):
         os.remove(plan.checkpoint_path)
-    digests = launch(plan, use_gpu)[0]["param_digests"]
+    digests = _launch(plan, use_gpu)[0]["param_digests"]
     if len(set(digests)) != 1:
         raise RuntimeError(f"training ranks ended with different parameters: {digests}")
     # the checkpoint's best epoch is the result (checkpoint_dir must be shared storage in barrier mode)

@@ -28,6 +28,8 @@ from cdml_spark.training.mining import mine_negatives, triplet_loss
 from cdml_spark.training.model import CDMLNet
 from cdml_spark.training.plan import TrainPlan
 
+__all__ = ["AllSum", "train_worker"]
+
 AllSum = Callable[[list[float]], list[float]]
 
 
@@ -58,7 +60,7 @@ def train_worker(plan: TrainPlan) -> dict:
         return backend.all_sum(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
     if "val_ndcg_untrained" not in state:  # the reference point: the same network before any step
-        state["val_ndcg_untrained"] = validate(net, plan, rank, world, device, all_sum)["val_ndcg"]
+        state["val_ndcg_untrained"] = _validate(net, plan, rank, world, device, all_sum)["val_ndcg"]
 
     for epoch in range(state["epoch"], tc.epochs):
         if state["best"] is not None and epoch - state["best_epoch"] >= tc.patience:
@@ -93,7 +95,7 @@ def train_worker(plan: TrainPlan) -> dict:
             "train_loss": train_loss / max(train_seen, 1),
             "train_triplets": int(train_seen),
             "triplets_per_second": train_seen / max(time.time() - began, 1e-9),
-            **validate(net, plan, rank, world, device, all_sum),
+            **_validate(net, plan, rank, world, device, all_sum),
         }
         # every rank takes rank 0's figures: all-reduced floats may differ in the last bit between
         # ranks, and the keep/stop decisions below must be identical on all of them
@@ -171,7 +173,7 @@ def _save_checkpoint(path: str, state: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def embed_rows(net, vectors: dict[str, np.ndarray], device, batch_size: int = 8192) -> np.ndarray:
+def _embed_rows(net, vectors: dict[str, np.ndarray], device, batch_size: int = 8192) -> np.ndarray:
     """Unit-norm embeddings of feature rows (eval mode, no gradients)."""
     rows = len(next(iter(vectors.values())))
     out = []
@@ -182,12 +184,12 @@ def embed_rows(net, vectors: dict[str, np.ndarray], device, batch_size: int = 81
     return np.concatenate(out) if out else np.zeros((0, net.spec.embedding_dim), np.float32)
 
 
-def validate(net, plan: TrainPlan, rank: int, world: int, device, all_sum: AllSum) -> dict:
+def _validate(net, plan: TrainPlan, rank: int, world: int, device, all_sum: AllSum) -> dict:
     """Validation NDCG@k: each rank scores its share of the validation queries against the whole
     train + validation catalog; the sums are combined over ranks."""
     k = plan.training.validation_k
     net.eval()
-    emb = embed_rows(net, plan.catalog.vectors, device)
+    emb = _embed_rows(net, plan.catalog.vectors, device)
     net.train()
     val = plan.validation
     mine = np.arange(rank, len(val.queries), world)
