@@ -59,6 +59,10 @@ VARIANTS: dict[str, list[str]] = {
         "training.pool_positives=false",
         "training.epochs=10",
     ],
+    # third round, from the chosen config: the knobs not run before
+    "dropout=0.0": ["training.dropout=0.0"],
+    "embedding_dim=256": ["training.embedding_dim=256"],
+    "hidden=[1024]": ["training.hidden=[1024]"],
 }
 
 
