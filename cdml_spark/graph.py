@@ -43,8 +43,8 @@ class GraphReport:
 
     def summary(self) -> str:
         return (
-            f"{self.events:,} events -> {self.history_rows:,} kept (user, video) -> {self.pairs:,} co-watched "
-            f"pairs -> {self.edges:,} edge rows "
+            f"{self.events:,} events -> {self.history_rows:,} kept (user, video) -> {self.pairs:,} pairs "
+            f"with >= min_users co-watchers -> {self.edges:,} edge rows "
             f"for {self.videos_with_neighbors:,} videos in {self.seconds:.1f}s "
             f"({self.events / max(self.seconds, 1e-9):,.0f} events/s)"
         )
@@ -57,28 +57,46 @@ def _kept_history(events: DataFrame, max_history: int) -> DataFrame:
     return latest.withColumn("_n", F.row_number().over(recency)).where(F.col("_n") <= max_history).drop("_n")
 
 
-def _cowatch_counts(history: DataFrame, window_hours: float) -> DataFrame:
-    """video_a < video_b (in key order), cowatch_users: distinct users who watched both within the window.
+def _cowatch_counts(history: DataFrame, window_hours: float, min_users: int) -> DataFrame:
+    """video_a, video_b (a < b in key order), cowatch_users: distinct users who watched both within the
+    window, for the pairs with at least `min_users` of them.
 
-    The self-join and the pair aggregation run on 64-bit hash keys of the ids, not on the id strings
-    (MovieLens-1M's ids are titles): half the time of the largest stage. A key collision raises."""
-    window_us = int(round(window_hours * 3600 * 1_000_000))
+    Work is kept to what can matter:
+    - a-priori pruning: a pair's co-watchers are among each video's history users, so videos with
+      fewer than `min_users` of those are never paired;
+    - pairs only inside the window: each kept watch falls in a time bucket one window wide, and a row
+      meets only rows of its own bucket and the next (an equi-join on user and bucket), instead of all
+      of a user's kept videos;
+    - the join, the shuffle and the count run on 64-bit hash keys of the ids (a key collision raises);
+      ids come back only for the pairs that pass `min_users`."""
+    window_us = max(1, int(round(window_hours * 3600 * 1_000_000)))
     key = F.xxhash64("video_id").alias("key")
-    videos = history.select("video_id").distinct().select("video_id", key)
+    users = _history_users(history)
+    videos = users.where(F.col("history_users") >= min_users).select("video_id", key)
     distinct = videos.agg(F.count(F.lit(1)).alias("ids"), F.countDistinct("key").alias("keys")).first()
     if distinct["ids"] != distinct["keys"]:
         raise VideoKeyCollision(f"{distinct['ids']:,} video ids map to {distinct['keys']:,} hash keys")
-    keyed = history.select("user_id", key, "ts_us")
-    a, b = keyed.alias("a"), keyed.alias("b")
+    keyed = history.join(videos, "video_id").select(
+        "user_id", "key", "ts_us", F.floor(F.col("ts_us") / window_us).cast("long").alias("bucket")
+    )
+    # a meets b in its own bucket (once per pair: a.key < b.key) and in the next one
+    a = keyed.withColumn("join_bucket", F.explode(F.array("bucket", F.col("bucket") + 1))).alias("a")
+    b = keyed.withColumn("join_bucket", F.col("bucket")).alias("b")
     pairs = a.join(
         b,
         (F.col("a.user_id") == F.col("b.user_id"))
-        & (F.col("a.key") < F.col("b.key"))
+        & (F.col("a.join_bucket") == F.col("b.join_bucket"))
+        & (
+            ((F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.key") < F.col("b.key")))
+            | (F.col("a.bucket") + 1 == F.col("b.bucket"))
+        )
         & (F.abs(F.col("a.ts_us") - F.col("b.ts_us")) <= window_us),
     )
     # a user's kept videos are distinct, so each user adds at most one row per pair: count = users
-    counts = pairs.groupBy(F.col("a.key").alias("key_a"), F.col("b.key").alias("key_b")).agg(
-        F.count(F.lit(1)).alias("cowatch_users")
+    counts = (
+        pairs.groupBy(F.least("a.key", "b.key").alias("key_a"), F.greatest("a.key", "b.key").alias("key_b"))
+        .agg(F.count(F.lit(1)).alias("cowatch_users"))
+        .where(F.col("cowatch_users") >= min_users)
     )
     ids_a = videos.select(F.col("key").alias("key_a"), F.col("video_id").alias("video_a"))
     ids_b = videos.select(F.col("key").alias("key_b"), F.col("video_id").alias("video_b"))
@@ -93,17 +111,17 @@ def _history_users(history: DataFrame) -> DataFrame:
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
     """The whole graph rule on `events` (unpersisted): directed top-N rows with cosine scores."""
     history = _kept_history(events, params.max_history)
-    pairs = _cowatch_counts(history, params.cowatch_window_hours)
+    pairs = _cowatch_counts(history, params.cowatch_window_hours, params.min_users)
     return _top_neighbors(pairs, _history_users(history), params)
 
 
 def _top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
-    """Directed, ranked top-N rows with cosine scores (see module docstring)."""
-    strong = pairs.where(F.col("cowatch_users") >= params.min_users)
-    both = strong.select(
+    """Directed, ranked top-N rows with cosine scores (see module docstring) of `pairs`, which hold
+    only pairs with >= min_users co-watchers."""
+    both = pairs.select(
         F.col("video_a").alias("video_id"), F.col("video_b").alias("neighbor_id"), "cowatch_users"
     ).unionByName(
-        strong.select(
+        pairs.select(
             F.col("video_b").alias("video_id"), F.col("video_a").alias("neighbor_id"), "cowatch_users"
         )
     )
@@ -148,7 +166,7 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
 
     history = _kept_history(events, cfg.graph.max_history).persist()
     users = _history_users(history)
-    pairs = _cowatch_counts(history, cfg.graph.cowatch_window_hours).persist()
+    pairs = _cowatch_counts(history, cfg.graph.cowatch_window_hours, cfg.graph.min_users).persist()
     store.write(COWATCH_EDGES, _top_neighbors(pairs, users, cfg.graph), lineage)
     pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)

@@ -104,3 +104,23 @@ def test_tables_readable_without_spark(spark, cfg_factory):
     )
     stats = deltalake.DeltaTable(store.path(VIDEO_STATS))
     assert stats.metadata().description.startswith("Per-video")
+
+
+def test_window_edge_is_inclusive_across_time_buckets(spark, cfg_factory):
+    """Pairs exactly one window apart count (whatever time bucket each watch falls in); one microsecond
+    more does not; a video below min_users is pruned before pairing yet keeps its stats."""
+    cfg = cfg_factory("graph.cowatch_window_hours=2", "graph.min_users=2", "graph.max_history=10")
+    start = T0 + timedelta(minutes=37)  # not aligned with the 2 h buckets
+    events = []
+    for user in ("u1", "u2", "u3"):
+        events += [(user, "a", start), (user, "b", start + timedelta(hours=2))]
+        events += [(user, "c", start + timedelta(hours=2, microseconds=1))]
+    events += [("u1", "lonely", start)]
+    load_events(spark, cfg, events)
+    build_graph(spark, cfg)
+    rows = TableStore(spark, cfg.storage).read(COWATCH_EDGES).collect()
+    got = {(r.video_id, r.neighbor_id): r.cowatch_users for r in rows}
+    assert got == dict.fromkeys([("a", "b"), ("b", "a"), ("b", "c"), ("c", "b")], 3)
+    assert got == {pair: count for pair, (_, count, _) in brute_force_edges(events, 10, 2, 2, 50).items()}
+    stats = {r.video_id: r.history_users for r in TableStore(spark, cfg.storage).read(VIDEO_STATS).collect()}
+    assert stats["lonely"] == 1
