@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_loader.py [--config conf/local.yaml] [--batch 7200] [--epochs 2]
 
 Reads the current `triplets` snapshot's training files (one process, all shards) and prints rows/s
-for each path and their ratio. Run after `make_triplets`.
+for each path and their ratio. Ids-only triplets (`triplets.materialize_features: false`) get their
+vectors from the same in-memory features lookup `train` uses. Run after `make_triplets`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cdml_spark.cli import setup_logging
 from cdml_spark.config import load_config
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import TableStore, triplets_spec
+from cdml_spark.training.inputs import training_catalog
 from cdml_spark.training.loader import iterate_batches, snapshot_files
 
 
@@ -31,12 +33,15 @@ def main() -> None:
     cfg = load_config(args.config)
     spark = get_spark(cfg)
     store = TableStore(spark, cfg.storage)
-    files = snapshot_files(spark, store.location(triplets_spec(cfg.features.modalities, True)), "train")
+    table = triplets_spec(cfg.features.modalities, True)
+    files = snapshot_files(spark, store.location(table), "train")
     names = [m.name for m in cfg.features.modalities]
+    ids_only = any(f"anchor_{name}" not in store.read(table).columns for name in names)
+    features = training_catalog(store, cfg)[0] if ids_only else None
 
     def petastorm_epoch(epoch: int) -> tuple[int, list]:
         rows, kept = 0, []
-        for batch in iterate_batches(files, names, args.batch, 0, 1, seed=epoch):
+        for batch in iterate_batches(files, names, args.batch, 0, 1, seed=epoch, features=features):
             tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
             rows += len(tensors["anchor_key"])
             kept.append(tensors)
@@ -61,7 +66,10 @@ def main() -> None:
             seen += len(batch["anchor_key"])
     memory_rate = seen / (time.time() - start)
     width = sum(v.shape[1] for k, v in memory.items() if v.ndim == 2)
-    print(f"\ntriplet rows: {n:,} ({width} floats per row), batch {args.batch}, {args.epochs} epochs")
+    layout = "ids only, vectors looked up" if ids_only else "vectors materialised"
+    print(
+        f"\ntriplet rows: {n:,} ({width} floats per row, {layout}), batch {args.batch}, {args.epochs} epochs"
+    )
     print(f"petastorm loader : {petastorm_rate:12,.0f} rows/s")
     print(f"in-memory tensors: {memory_rate:12,.0f} rows/s")
     print(f"ratio (memory / petastorm): {memory_rate / petastorm_rate:.1f}x")
