@@ -21,7 +21,6 @@ class TorchDDP:
         dist.init_process_group("nccl" if use_cuda else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # processes on this machine
 
     def wrap(self, net, optimizer):
         return torch.nn.parallel.DistributedDataParallel(net), optimizer  # DDP broadcasts rank 0's parameters
@@ -64,7 +63,6 @@ class Horovod:
 
         hvd.init()
         self.hvd, self.rank, self.world, self.local_rank = hvd, hvd.rank(), hvd.size(), hvd.local_rank()
-        self.local_size = hvd.local_size()
 
     def wrap(self, net, optimizer):
         self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)

@@ -40,8 +40,6 @@ def train_worker(plan: TrainPlan) -> dict:
     backend = connect(plan.backend, use_cuda)
     rank, world = backend.rank, backend.world
     device = torch.device("cuda", backend.local_rank) if use_cuda else torch.device("cpu")
-    if not use_cuda:
-        torch.set_num_threads(_cpu_threads(backend.local_size))
     torch.manual_seed(tc.seed)
     net = CDMLNet(plan.spec).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
@@ -125,12 +123,6 @@ def train_worker(plan: TrainPlan) -> dict:
     gc.collect()
     backend.close()
     return result
-
-
-def _cpu_threads(local_processes: int) -> int:
-    """Intra-op threads per process: this process's cores shared by the training processes on its
-    machine (torch's default, all cores in every process, oversubscribes them N-fold)."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, local_processes))
 
 
 def _batches(plan: TrainPlan, rank: int, world: int, epoch: int) -> Iterator[dict[str, np.ndarray]]:
