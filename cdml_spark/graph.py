@@ -57,9 +57,9 @@ def _kept_history(events: DataFrame, max_history: int) -> DataFrame:
     return latest.withColumn("_n", F.row_number().over(recency)).where(F.col("_n") <= max_history).drop("_n")
 
 
-def _cowatch_counts(history: DataFrame, window_hours: float, min_users: int) -> DataFrame:
+def _cowatch_counts(history: DataFrame, users: DataFrame, window_hours: float, min_users: int) -> DataFrame:
     """video_a, video_b (a < b in key order), cowatch_users: distinct users who watched both within the
-    window, for the pairs with at least `min_users` of them.
+    window, for the pairs with at least `min_users` of them (`users`: `_history_users(history)`).
 
     Work is kept to what can matter:
     - a-priori pruning: a pair's co-watchers are among each video's history users, so videos with
@@ -71,7 +71,6 @@ def _cowatch_counts(history: DataFrame, window_hours: float, min_users: int) -> 
       ids come back only for the pairs that pass `min_users`."""
     window_us = max(1, int(round(window_hours * 3600 * 1_000_000)))
     key = F.xxhash64("video_id").alias("key")
-    users = _history_users(history)
     videos = users.where(F.col("history_users") >= min_users).select("video_id", key)
     distinct = videos.agg(F.count(F.lit(1)).alias("ids"), F.countDistinct("key").alias("keys")).first()
     if distinct["ids"] != distinct["keys"]:
@@ -111,8 +110,9 @@ def _history_users(history: DataFrame) -> DataFrame:
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
     """The whole graph rule on `events` (unpersisted): directed top-N rows with cosine scores."""
     history = _kept_history(events, params.max_history)
-    pairs = _cowatch_counts(history, params.cowatch_window_hours, params.min_users)
-    return _top_neighbors(pairs, _history_users(history), params)
+    users = _history_users(history)
+    pairs = _cowatch_counts(history, users, params.cowatch_window_hours, params.min_users)
+    return _top_neighbors(pairs, users, params)
 
 
 def _top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
@@ -166,7 +166,7 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
 
     history = _kept_history(events, cfg.graph.max_history).persist()
     users = _history_users(history)
-    pairs = _cowatch_counts(history, cfg.graph.cowatch_window_hours, cfg.graph.min_users).persist()
+    pairs = _cowatch_counts(history, users, cfg.graph.cowatch_window_hours, cfg.graph.min_users).persist()
     store.write(COWATCH_EDGES, _top_neighbors(pairs, users, cfg.graph), lineage)
     pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)
