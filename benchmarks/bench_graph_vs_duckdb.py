@@ -1,0 +1,177 @@
+"""Benchmark: our `build_graph` vs DuckDB running the same rule in SQL, on the same input, in one run.
+
+    .venv/bin/python benchmarks/bench_graph_vs_duckdb.py [--events 1000000 10000000] [--threads 2]
+        [--parquet PATH] [--tables /tmp/cdml-bench-duckdb] [--set graph.min_users=3 ...]
+
+Per size: synthetic events (or `--parquet`, ingested as `events.source=path`) go through our ingest
+into `watch_events`; then `build_graph` (Spark, as the job runs it) and DuckDB (`--threads` threads)
+each read that table's current parquet files and write `cowatch_edges` and `video_stats` (DuckDB to
+parquet). The edge sets must be equal (video, neighbour, rank, co-watchers; scores to 1e-12).
+Prints both times, their ratio and time per event. Run it alone on the machine. DuckDB is a
+benchmark dependency only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+import duckdb
+
+from cdml_spark.cli import setup_logging
+from cdml_spark.config import GraphConfig, load_config
+from cdml_spark.events import run_ingest
+from cdml_spark.graph import build_graph
+from cdml_spark.spark import get_spark
+from cdml_spark.tables import COWATCH_EDGES, WATCH_EVENTS, TableStore
+from cdml_spark.training.loader import snapshot_files
+
+# the issue's workload: 100k videos with Zipf 0.9 popularity, last 50 videos per user, >= 3 users
+WORKLOAD = [
+    "events.synthetic.num_videos=100000",
+    "events.synthetic.popularity_exponent=0.9",
+    "graph.max_history=50",
+    "graph.min_users=3",
+]
+
+# The graph rule of cdml_spark.graph (module docstring) in plain SQL; pruning videos below min_users
+# before pairing is the same a-priori step ours takes.
+GRAPH_SQL = """
+CREATE TEMP TABLE history AS
+SELECT user_id, video_id, ts_us FROM (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY ts_us DESC, video_id) AS n
+    FROM (SELECT user_id, video_id, max(epoch_us(event_ts)) AS ts_us FROM events GROUP BY ALL)
+) WHERE n <= {max_history};
+CREATE TEMP TABLE users AS SELECT video_id, count(*) AS history_users FROM history GROUP BY ALL;
+CREATE TEMP TABLE pairs AS
+WITH kept AS (
+    SELECT h.* FROM history h JOIN users u USING (video_id) WHERE u.history_users >= {min_users}
+)
+SELECT a.video_id AS video_a, b.video_id AS video_b, count(*) AS cowatch_users
+FROM kept a JOIN kept b
+  ON a.user_id = b.user_id AND a.video_id < b.video_id AND abs(a.ts_us - b.ts_us) <= {window_us}
+GROUP BY ALL HAVING count(*) >= {min_users};
+COPY (
+    SELECT * FROM (
+        SELECT p.video_id, p.neighbor_id, row_number() OVER (
+                   PARTITION BY p.video_id
+                   ORDER BY p.cowatch_users / sqrt(v.history_users * n.history_users) DESC,
+                            p.cowatch_users DESC, p.neighbor_id) AS rank,
+               p.cowatch_users, p.cowatch_users / sqrt(v.history_users * n.history_users) AS score,
+               v.history_users AS video_users, n.history_users AS neighbor_users
+        FROM (SELECT video_a AS video_id, video_b AS neighbor_id, cowatch_users FROM pairs
+              UNION ALL SELECT video_b, video_a, cowatch_users FROM pairs) p
+        JOIN users v ON v.video_id = p.video_id JOIN users n ON n.video_id = p.neighbor_id
+    ) WHERE rank <= {max_neighbors}
+) TO '{out}/cowatch_edges.parquet' (FORMAT parquet);
+COPY (
+    SELECT e.*, coalesce(u.history_users, 0) AS history_users, coalesce(c.neighbors, 0) AS neighbors
+    FROM (SELECT video_id, count(*) AS events, count(DISTINCT user_id) AS users,
+                 min(event_ts) AS first_watch, max(event_ts) AS last_watch FROM events GROUP BY ALL) e
+    LEFT JOIN users u USING (video_id)
+    LEFT JOIN (SELECT video_id, count(*) AS neighbors
+               FROM read_parquet('{out}/cowatch_edges.parquet') GROUP BY ALL) c USING (video_id)
+) TO '{out}/video_stats.parquet' (FORMAT parquet);
+"""
+
+
+def duckdb_graph(files: list[str], params: GraphConfig, out: str, threads: int) -> float:
+    """Seconds DuckDB takes from the parquet files to the two parquet outputs."""
+    os.makedirs(out, exist_ok=True)
+    con = duckdb.connect(config={"threads": threads})
+    paths = ", ".join(f"'{f.removeprefix('file:')}'" for f in files)
+    started = time.time()
+    con.execute(f"CREATE VIEW events AS SELECT user_id, video_id, event_ts FROM read_parquet([{paths}])")
+    con.execute(
+        GRAPH_SQL.format(
+            max_history=params.max_history,
+            min_users=params.min_users,
+            window_us=max(1, round(params.cowatch_window_hours * 3600 * 1_000_000)),
+            max_neighbors=params.max_neighbors,
+            out=out,
+        )
+    )
+    seconds = time.time() - started
+    con.close()
+    return seconds
+
+
+def edge_differences(ours: list[str], theirs: str) -> tuple[int, int, float]:
+    """(rows only in ours, rows only in DuckDB's, max |score difference|) on the edge key columns."""
+    con = duckdb.connect()
+    paths = ", ".join(f"'{f.removeprefix('file:')}'" for f in ours)
+    con.execute(f"CREATE VIEW ours AS SELECT * FROM read_parquet([{paths}])")
+    con.execute(f"CREATE VIEW theirs AS SELECT * FROM read_parquet('{theirs}')")
+    cols = "video_id, neighbor_id, rank, cowatch_users"
+    only_ours = con.execute(
+        f"SELECT count(*) FROM (SELECT {cols} FROM ours EXCEPT ALL SELECT {cols} FROM theirs)"
+    )
+    only_ours = only_ours.fetchone()[0]
+    only_theirs = con.execute(
+        f"SELECT count(*) FROM (SELECT {cols} FROM theirs EXCEPT ALL SELECT {cols} FROM ours)"
+    ).fetchone()[0]
+    score_gap = con.execute(
+        "SELECT coalesce(max(abs(o.score - t.score)), 0) FROM ours o JOIN theirs t USING (video_id, neighbor_id)"
+    ).fetchone()[0]
+    return only_ours, only_theirs, score_gap
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--parquet", help="Events to use instead of synthetic ones (one size)")
+    parser.add_argument("--threads", type=int, default=2, help="DuckDB threads (match Spark's cores)")
+    parser.add_argument("--tables", default="/tmp/cdml-bench-duckdb")
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides")
+    args = parser.parse_args()
+    setup_logging()
+    rows = []
+    for n in [0] if args.parquet else args.events:
+        shutil.rmtree(args.tables, ignore_errors=True)
+        source = (
+            ["events.source=path", f"events.path={args.parquet}"]
+            if args.parquet
+            else [
+                "events.source=synthetic",
+                f"events.synthetic.num_events={n}",
+                f"events.synthetic.num_users={max(1000, n // 50)}",
+                f"events.synthetic.partitions={max(2, n // 250_000)}",
+            ]
+        )
+        cfg = load_config(
+            "conf/local.yaml", [f"storage.tables_root={args.tables}", *source, *WORKLOAD, *args.set]
+        )
+        spark = get_spark(cfg)
+        store = TableStore(spark, cfg.storage)
+        events = run_ingest(spark, cfg).written
+        ours = build_graph(spark, cfg).seconds
+        files = snapshot_files(spark, store.location(WATCH_EVENTS), table=store.qualified(WATCH_EVENTS))
+        out = os.path.join(args.tables, "duckdb")
+        theirs = duckdb_graph(files, cfg.graph, out, args.threads)
+        edge_files = snapshot_files(
+            spark, store.location(COWATCH_EDGES), table=store.qualified(COWATCH_EDGES)
+        )
+        only_ours, only_theirs, score_gap = edge_differences(edge_files, f"{out}/cowatch_edges.parquet")
+        edges = store.read(COWATCH_EDGES).count()
+        if only_ours or only_theirs or score_gap > 1e-12:
+            raise SystemExit(
+                f"edge sets differ at {events:,} events: {only_ours:,} rows only ours, "
+                f"{only_theirs:,} only DuckDB's, max score gap {score_gap:.3g}"
+            )
+        rows.append((events, ours, theirs, edges))
+    print(
+        f"\n{'events':>12} {'build_graph s':>14} {'DuckDB s':>9} {'ratio':>6} {'ours µs/ev':>11} {'edges':>10}"
+    )
+    for events, ours, theirs, edges in rows:
+        print(
+            f"{events:>12,} {ours:>14.1f} {theirs:>9.1f} {ours / theirs:>6.1f} "
+            f"{ours / events * 1e6:>11.2f} {edges:>10,}  (identical edge sets)"
+        )
+
+
+if __name__ == "__main__":
+    main()
