@@ -168,6 +168,11 @@ class GraphConfig(_Strict):
     )
     min_users: int = Field(default=2, ge=1, description="Min distinct co-watching users for an edge")
     max_neighbors: int = Field(default=50, ge=1, description="Top-N neighbours kept per video")
+    events_per_task: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="Most events one task holds in the per-user step (sets its tasks)",
+    )
 
 
 class Modality(_Strict):

@@ -12,14 +12,25 @@ Definition (mirrored by the brute-force reference in tests):
    bias toward rare pairs, which `min_users` alone would have to fight.
 4. Each pair is considered in both directions; for each video the `max_neighbors` best neighbours
    (score desc, then c_ij desc, then neighbor_id asc — deterministic) are kept as directed rows.
+
+How it runs: events are shuffled once, by user; each task then holds whole users, and steps 1–2 run
+there on Arrow/numpy columns (`mapInArrow`), never as a self-join. Videos that cannot reach
+`min_users` are dropped before pairing; pairs are generated only inside the window (time-sorted
+rows, offsets 1..max_history−1) and counted per task on 64-bit video keys; Spark sums the counts
+across tasks and maps keys back to ids only for the pairs that pass `min_users`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -30,6 +41,9 @@ from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, WATCH_EVENTS, Lineage,
 __all__ = ["GraphReport", "build_graph", "graph_edges"]
 
 log = logging.getLogger(__name__)
+
+_WATCHED_SCHEMA = "user_id string, video_id string, ts_us long, first_us long, events long, kept boolean"
+_PAIR_SCHEMA = "key_a long, key_b long, users long"
 
 
 @dataclass(frozen=True)
@@ -50,69 +64,123 @@ class GraphReport:
         )
 
 
-def _kept_history(events: DataFrame, max_history: int) -> DataFrame:
-    """user_id, video_id, ts_us: each user's `max_history` most recently watched distinct videos."""
-    latest = events.groupBy("user_id", "video_id").agg(F.max(F.unix_micros("event_ts")).alias("ts_us"))
-    recency = Window.partitionBy("user_id").orderBy(F.col("ts_us").desc(), F.col("video_id"))
-    return latest.withColumn("_n", F.row_number().over(recency)).where(F.col("_n") <= max_history).drop("_n")
-
-
-def _cowatch_counts(history: DataFrame, users: DataFrame, window_hours: float, min_users: int) -> DataFrame:
-    """video_a, video_b (a < b in key order), cowatch_users: distinct users who watched both within the
-    window, for the pairs with at least `min_users` of them (`users`: `_history_users(history)`).
-
-    Work is kept to what can matter:
-    - a-priori pruning: a pair's co-watchers are among each video's history users, so videos with
-      fewer than `min_users` of those are never paired;
-    - pairs only inside the window: each kept watch falls in a time bucket one window wide, and a row
-      meets only rows of its own bucket and the next (an equi-join on user and bucket), instead of all
-      of a user's kept videos;
-    - the join, the shuffle and the count run on 64-bit hash keys of the ids (a key collision raises);
-      ids come back only for the pairs that pass `min_users`."""
-    window_us = max(1, int(round(window_hours * 3600 * 1_000_000)))
-    key = F.xxhash64("video_id").alias("key")
-    videos = users.where(F.col("history_users") >= min_users).select("video_id", key)
-    distinct = videos.agg(F.count(F.lit(1)).alias("ids"), F.countDistinct("key").alias("keys")).first()
-    if distinct["ids"] != distinct["keys"]:
-        raise VideoKeyCollision(f"{distinct['ids']:,} video ids map to {distinct['keys']:,} hash keys")
-    keyed = history.join(videos, "video_id").select(
-        "user_id", "key", "ts_us", F.floor(F.col("ts_us") / window_us).cast("long").alias("bucket")
-    )
-    # a meets b in its own bucket (once per pair: a.key < b.key) and in the next one
-    a = keyed.withColumn("join_bucket", F.explode(F.array("bucket", F.col("bucket") + 1))).alias("a")
-    b = keyed.withColumn("join_bucket", F.col("bucket")).alias("b")
-    pairs = a.join(
-        b,
-        (F.col("a.user_id") == F.col("b.user_id"))
-        & (F.col("a.join_bucket") == F.col("b.join_bucket"))
-        & (
-            ((F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.key") < F.col("b.key")))
-            | (F.col("a.bucket") + 1 == F.col("b.bucket"))
+def _user_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Boolean mask: row i starts a new user (rows sorted by user)."""
+    starts = np.ones(len(users), dtype=bool)
+    if len(users) > 1:
+        starts[1:] = pc.not_equal(users.slice(1), users.slice(0, len(users) - 1)).to_numpy(
+            zero_copy_only=False
         )
-        & (F.abs(F.col("a.ts_us") - F.col("b.ts_us")) <= window_us),
+    return starts
+
+
+def _watched_in_task(batches: Iterator[pa.RecordBatch], max_history: int) -> Iterator[pa.RecordBatch]:
+    """One task's events (whole users) → one row per (user, video): latest and first watch, events,
+    and `kept` = among the user's `max_history` most recent distinct videos (step 1)."""
+    events = pa.Table.from_batches(list(batches))
+    if events.num_rows == 0:
+        return
+    per_pair = events.group_by(["user_id", "video_id"]).aggregate(
+        [("ts_us", "max"), ("ts_us", "min"), ("ts_us", "count")]
     )
-    # a user's kept videos are distinct, so each user adds at most one row per pair: count = users
+    order = pc.sort_indices(
+        per_pair, [("user_id", "ascending"), ("ts_us_max", "descending"), ("video_id", "ascending")]
+    )
+    per_pair = per_pair.take(order)
+    position = np.arange(per_pair.num_rows)
+    first_of_user = np.maximum.accumulate(np.where(_user_starts(per_pair["user_id"]), position, 0))
+    watched = pa.table(
+        {
+            "user_id": per_pair["user_id"],
+            "video_id": per_pair["video_id"],
+            "ts_us": per_pair["ts_us_max"],
+            "first_us": per_pair["ts_us_min"],
+            "events": per_pair["ts_us_count"],
+            "kept": position - first_of_user < max_history,
+        }
+    )
+    yield from watched.to_batches(max_chunksize=1 << 16)
+
+
+def _pairs_in_task(
+    batches: Iterator[pa.RecordBatch], keys: np.ndarray, window_us: int, max_history: int
+) -> Iterator[pa.RecordBatch]:
+    """One task's kept history (whole users; user_id, key, ts_us) → per-task co-watch counts of the
+    pairs (key_a < key_b) whose two videos are both in `keys` (sorted) and in the window (step 2)."""
+    rows = pa.Table.from_batches(list(batches))
+    rows = rows.filter(pc.is_in(rows["key"], value_set=pa.array(keys)))
+    if rows.num_rows < 2:
+        return
+    rows = rows.take(pc.sort_indices(rows, [("user_id", "ascending"), ("ts_us", "ascending")]))
+    user = np.cumsum(_user_starts(rows["user_id"]))
+    ts = rows["ts_us"].to_numpy()
+    dense = np.searchsorted(keys, rows["key"].to_numpy())  # key order == dense order
+    codes = []
+    for offset in range(1, min(max_history, len(ts))):  # a user's kept videos are distinct
+        inside = (user[offset:] == user[:-offset]) & (ts[offset:] - ts[:-offset] <= window_us)
+        if not inside.any():  # time-sorted: larger offsets are farther apart
+            break
+        first, second = dense[:-offset][inside], dense[offset:][inside]
+        codes.append(np.minimum(first, second) * len(keys) + np.maximum(first, second))
+    if codes:
+        pair, users = np.unique(np.concatenate(codes), return_counts=True)
+        yield pa.RecordBatch.from_pydict(
+            {"key_a": keys[pair // len(keys)], "key_b": keys[pair % len(keys)], "users": users}
+        )
+
+
+def _watched(events: DataFrame, params: GraphConfig, partitions: int) -> DataFrame:
+    """user_id, video_id, ts_us (latest watch), first_us, events, kept (see `_watched_in_task`)."""
+    micros = events.select("user_id", "video_id", F.unix_micros("event_ts").alias("ts_us"))
+    return micros.repartition(partitions, "user_id").mapInArrow(
+        lambda batches: _watched_in_task(batches, params.max_history), _WATCHED_SCHEMA
+    )
+
+
+def _history_users(watched: DataFrame) -> DataFrame:
+    """video_id, history_users: users with the video in their kept history (c_i of the cosine)."""
+    return watched.where("kept").groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
+
+
+def _cowatch_counts(watched: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
+    """video_a, video_b (a < b in key order), cowatch_users, for the pairs with ≥ `min_users`.
+    `watched` must come straight from `_watched` (each task holds whole users)."""
+    videos = users.where(F.col("history_users") >= params.min_users).select(
+        "video_id", F.xxhash64("video_id").alias("key")
+    )
+    keys = np.array(sorted(r["key"] for r in videos.select("key").collect()), dtype=np.int64)
+    if len(np.unique(keys)) != len(keys):
+        raise VideoKeyCollision(f"{len(keys):,} video ids map to {len(np.unique(keys)):,} hash keys")
+    if len(keys) ** 2 >= 2**63:
+        raise ValueError(f"{len(keys):,} videos: pair codes would overflow 64 bits")
+    shared = watched.sparkSession.sparkContext.broadcast(keys)
+    window_us = max(1, round(params.cowatch_window_hours * 3600 * 1_000_000))
+    history = watched.where("kept").select("user_id", F.xxhash64("video_id").alias("key"), "ts_us")
     counts = (
-        pairs.groupBy(F.least("a.key", "b.key").alias("key_a"), F.greatest("a.key", "b.key").alias("key_b"))
-        .agg(F.count(F.lit(1)).alias("cowatch_users"))
-        .where(F.col("cowatch_users") >= min_users)
+        history.mapInArrow(
+            lambda batches: _pairs_in_task(batches, shared.value, window_us, params.max_history),
+            _PAIR_SCHEMA,
+        )
+        .groupBy("key_a", "key_b")
+        .agg(F.sum("users").alias("cowatch_users"))
+        .where(F.col("cowatch_users") >= params.min_users)
     )
     ids_a = videos.select(F.col("key").alias("key_a"), F.col("video_id").alias("video_a"))
     ids_b = videos.select(F.col("key").alias("key_b"), F.col("video_id").alias("video_b"))
     return counts.join(ids_a, "key_a").join(ids_b, "key_b").select("video_a", "video_b", "cowatch_users")
 
 
-def _history_users(history: DataFrame) -> DataFrame:
-    """video_id, history_users: users with the video in their kept history (c_i of the cosine)."""
-    return history.groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
+def _partitions(spark: SparkSession, events: DataFrame, params: GraphConfig) -> int:
+    """Tasks for the per-user step: enough that none holds more than `events_per_task` events."""
+    minimum = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    return max(minimum, math.ceil(events.count() / params.events_per_task))
 
 
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
     """The whole graph rule on `events` (unpersisted): directed top-N rows with cosine scores."""
-    history = _kept_history(events, params.max_history)
-    users = _history_users(history)
-    pairs = _cowatch_counts(history, users, params.cowatch_window_hours, params.min_users)
-    return _top_neighbors(pairs, users, params)
+    watched = _watched(events, params, _partitions(events.sparkSession, events, params))
+    users = _history_users(watched)
+    return _top_neighbors(_cowatch_counts(watched, users, params), users, params)
 
 
 def _top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
@@ -138,12 +206,12 @@ def _top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> D
     return scored.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= params.max_neighbors)
 
 
-def _video_stats(events: DataFrame, users: DataFrame, edges: DataFrame) -> DataFrame:
-    base = events.groupBy("video_id").agg(
-        F.count(F.lit(1)).alias("events"),
-        F.countDistinct("user_id").alias("users"),
-        F.min("event_ts").alias("first_watch"),
-        F.max("event_ts").alias("last_watch"),
+def _video_stats(watched: DataFrame, users: DataFrame, edges: DataFrame) -> DataFrame:
+    base = watched.groupBy("video_id").agg(
+        F.sum("events").alias("events"),
+        F.count(F.lit(1)).alias("users"),  # one watched row per (user, video)
+        F.expr("timestamp_micros(min(first_us))").alias("first_watch"),
+        F.expr("timestamp_micros(max(ts_us))").alias("last_watch"),
     )
     neighbors = edges.groupBy("video_id").agg(F.count(F.lit(1)).alias("neighbors"))
     return (
@@ -164,13 +232,13 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
     )
     log.info("build_graph: watch_events v%s, params %s, run_id=%s", input_version, cfg.graph, lineage.run_id)
 
-    history = _kept_history(events, cfg.graph.max_history).persist()
-    users = _history_users(history)
-    pairs = _cowatch_counts(history, users, cfg.graph.cowatch_window_hours, cfg.graph.min_users).persist()
+    watched = _watched(events, cfg.graph, _partitions(spark, events, cfg.graph)).persist()
+    users = _history_users(watched).persist()
+    pairs = _cowatch_counts(watched, users, cfg.graph).persist()
     store.write(COWATCH_EDGES, _top_neighbors(pairs, users, cfg.graph), lineage)
     pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)
-    store.write(VIDEO_STATS, _video_stats(events, users, written_edges), lineage)
+    store.write(VIDEO_STATS, _video_stats(watched, users, written_edges), lineage)
 
     stats = (
         store.read(VIDEO_STATS)
@@ -182,8 +250,8 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
         )
         .first()
     )
-    history.unpersist()
-    pairs.unpersist()
+    for cached in (watched, users, pairs):
+        cached.unpersist()
     report = GraphReport(
         events=stats["events"] or 0,
         history_rows=stats["history_rows"] or 0,

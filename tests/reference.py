@@ -41,3 +41,28 @@ def brute_force_edges(
         for rank, (score, count, neighbor) in enumerate(cands[:max_neighbors], start=1):
             edges[(video, neighbor)] = (rank, count, score)
     return edges
+
+
+def brute_force_stats(
+    events: list[tuple[str, str, datetime]], max_history: int
+) -> dict[str, tuple[int, int, int, datetime, datetime]]:
+    """video -> (events, users, history_users, first_watch, last_watch); exact duplicate events count once."""
+    watches: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+    latest: dict[str, dict[str, datetime]] = defaultdict(dict)
+    for user, video, ts in set(events):
+        watches[video].append((user, ts))
+        latest[user][video] = max(ts, latest[user].get(video, ts))
+    history_users: dict[str, int] = defaultdict(int)
+    for watched in latest.values():
+        for video, _ in sorted(watched.items(), key=lambda kv: (-kv[1].timestamp(), kv[0]))[:max_history]:
+            history_users[video] += 1
+    return {
+        video: (
+            len(rows),
+            len({user for user, _ in rows}),
+            history_users[video],
+            min(ts for _, ts in rows),
+            max(ts for _, ts in rows),
+        )
+        for video, rows in watches.items()
+    }

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from cdml_spark.events import ingest_events
 from cdml_spark.graph import build_graph
 from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, TableStore
-from tests.reference import brute_force_edges
+from tests.reference import brute_force_edges, brute_force_stats
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -65,6 +65,18 @@ def test_edges_match_brute_force(spark, cfg_factory, case):
     for key, (rank, count, score) in expected.items():
         assert got[key][:2] == (rank, count), key
         assert got[key][2] == pytest.approx(score, rel=1e-12)
+    stats = TableStore(spark, cfg.storage).read(VIDEO_STATS).collect()
+    got_stats = {
+        r.video_id: (
+            r.events,
+            r.users,
+            r.history_users,
+            r.first_watch.astimezone(UTC),
+            r.last_watch.astimezone(UTC),
+        )
+        for r in stats
+    }
+    assert got_stats == brute_force_stats(events, max_history)
 
 
 def test_rerun_is_idempotent_and_stats_consistent(spark, cfg_factory):
