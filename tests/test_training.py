@@ -8,6 +8,8 @@ import os
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from cdml_spark.errors import StaleTriplets, UnknownVideoKey
 from cdml_spark.features.ingest import ingest_features
 from cdml_spark.tables import COWATCH_EDGES, TableStore, triplets_spec, video_features_spec
 from cdml_spark.training.inputs import check_inputs
-from cdml_spark.training.loader import FeatureTable, iterate_batches, snapshot_files
+from cdml_spark.training.loader import ROLES, FeatureTable, iterate_batches, snapshot_files
 from cdml_spark.training.mining import ForbiddenPairs, mine_negatives, squared_distances, triplet_loss
 from cdml_spark.training.model import CDMLNet, ModelSpec, load_model, save_model
 from cdml_spark.training.train import train
@@ -115,35 +117,7 @@ def test_model_is_unit_norm_and_roundtrips(tmp_path, fusion):
     assert torch.allclose(load_model(str(tmp_path / "m"))(x), out)
 
 
-def test_shards_cover_every_row_once(spark, pipeline):
-    cfg = pipeline
-    store = TableStore(spark, cfg.storage)
-    table = triplets_spec(cfg.features.modalities, materialize=True)
-    files = snapshot_files(spark, store.location(table), "train")
-    names = ["vis", "aud"]
-    expected = Counter(
-        (r.anchor_key, r.positive_key, r.negative_key)
-        for r in store.read(table).where("split = 'train'").collect()
-    )
-    seen: Counter = Counter()
-    per_rank = []
-    for rank in range(2):
-        rows = 0
-        for batch in iterate_batches(files, names, 100, rank, 2, seed=3):
-            assert batch["anchor_vis"].shape[1] == 4 and len(batch["anchor_key"]) <= 100
-            seen.update(
-                zip(
-                    batch["anchor_key"].tolist(),
-                    batch["positive_key"].tolist(),
-                    batch["negative_key"].tolist(),
-                    strict=False,
-                )
-            )
-            rows += len(batch["anchor_key"])
-        per_rank.append(rows)
-    assert seen == expected and min(per_rank) > 0
-
-    # ids-only mode: vectors looked up in memory equal the materialised ones
+def _catalog(spark, store: TableStore, cfg, names: list[str]) -> FeatureTable:
     feats = store.read(video_features_spec(cfg.features.modalities)).toPandas()
     keys = (
         spark.createDataFrame(feats[["video_id"]])
@@ -152,12 +126,56 @@ def test_shards_cover_every_row_once(spark, pipeline):
         .to_numpy()
     )
     order = np.argsort(keys)
-    table_mem = FeatureTable(keys[order], {n: np.stack(feats[n])[order].astype(np.float32) for n in names})
-    batch = next(iterate_batches(files, names, 50, 0, 1, seed=3))
-    looked_up = table_mem.lookup(batch["negative_key"])
-    assert np.allclose(looked_up["vis"], batch["negative_vis"]) and np.allclose(
-        looked_up["aud"], batch["negative_aud"]
+    return FeatureTable(keys[order], {n: np.stack(feats[n])[order].astype(np.float32) for n in names})
+
+
+@pytest.mark.parametrize("ids_only", [False, True])
+def test_shards_cover_every_row_once(spark, pipeline, ids_only):
+    """Real Petastorm over the Delta snapshot's files: 2 shards together yield every training row once,
+    each row's vectors are its videos' features (materialised or looked up); a seed fixes the order."""
+    cfg = pipeline
+    store = TableStore(spark, cfg.storage)
+    table = triplets_spec(cfg.features.modalities, materialize=True)
+    files = snapshot_files(spark, store.location(table), "train")
+    names = ["vis", "aud"]
+    catalog = _catalog(spark, store, cfg, names)
+    features = catalog if ids_only else None
+    expected = Counter(
+        (r.anchor_key, r.positive_key, r.negative_key)
+        for r in store.read(table).where("split = 'train'").collect()
     )
+    seen: Counter = Counter()
+    per_rank = []
+    for rank in range(2):
+        rows = 0
+        for batch in iterate_batches(
+            files, names, 100, rank, 2, seed=3, shuffle_batches=2, features=features
+        ):
+            assert len(batch["anchor_key"]) <= 100 and batch["anchor_vis"].shape[1] == 4
+            for role in ROLES:
+                assert batch[f"{role}_key"].dtype == np.int64
+                for name, matrix in catalog.lookup(batch[f"{role}_key"]).items():
+                    vectors = batch[f"{role}_{name}"]
+                    assert vectors.dtype == np.float32 and vectors.flags.writeable
+                    assert np.array_equal(vectors, matrix)  # each row's vectors belong to its keys
+            seen.update(zip(*(batch[f"{r}_key"].tolist() for r in ROLES), strict=True))
+            rows += len(batch["anchor_key"])
+        per_rank.append(rows)
+    assert seen == expected and min(per_rank) > 0
+
+    def keys(seed: int) -> list[list[int]]:  # one reader thread: row groups arrive in the seed's order
+        batches = iterate_batches(files, names, 100, 0, 2, seed, workers=1, features=features)
+        return [b["anchor_key"].tolist() for b in batches]
+
+    assert keys(3) == keys(3) != keys(4)
+
+
+def test_vectors_of_different_lengths_raise(tmp_path):
+    path = tmp_path / "ragged.parquet"
+    columns = {f"{r}_key": [1, 2] for r in ROLES} | {f"{r}_vis": [[0.5, 1.0], [2.0]] for r in ROLES}
+    pq.write_table(pa.table(columns), path)
+    with pytest.raises(ValueError, match="vectors of different lengths"):
+        list(iterate_batches([str(path)], ["vis"], 2, 0, 1, seed=0))
 
 
 def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline):

@@ -4,8 +4,9 @@ The driver lists the parquet files of the table's current version (`snapshot_fil
 left by older versions are never read; it refuses a snapshot whose files still hold rows that
 deletion vectors delete (Petastorm would return them). Each rank opens the files with Petastorm's
 batch reader on its own shard (`cur_shard=rank`, `shard_count=world`: disjoint row groups, together
-all of them), so across ranks every row is read exactly once per epoch. Batches are re-cut to
-`batch_size` through a shuffle buffer. In ids-only mode the vectors are looked up from an in-memory
+all of them), so across ranks every row is read exactly once per epoch. Each decoded row group is
+turned into numpy column by column (no per-row Python), and batches are re-cut to `batch_size` through a
+shuffle buffer with one copy per batch. In ids-only mode the vectors are looked up from an in-memory
 feature table.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -82,8 +85,46 @@ class FeatureTable:
         return {name: matrix[idx] for name, matrix in self.vectors.items()}
 
 
-def _stack(column) -> np.ndarray:
-    return np.stack(column).astype(np.float32) if column.dtype == object else column.astype(np.float32)
+class _Columns:
+    """Petastorm's results reader for `make_batch_reader`, column by column: each decoded row group (an
+    arrow table) becomes {column: numpy array}, a list<float> column a [rows, d] view of its values,
+    where Petastorm's own reader stacks one array per row (`np.vstack`)."""
+
+    batched_output = True
+
+    def read_next(self, workers_pool: Any, schema: object, ngram: object) -> dict[str, np.ndarray]:
+        from petastorm.workers_pool import EmptyResultError
+
+        try:
+            table = workers_pool.get_results()
+        except EmptyResultError:
+            raise StopIteration from None
+        return {name: _to_numpy(name, table.column(name)) for name in table.column_names}
+
+
+def _to_numpy(name: str, column: pa.ChunkedArray) -> np.ndarray:
+    """Zero-copy where arrow allows (no nulls): keys as they are, vectors as [rows, d]."""
+    if not pa.types.is_list(column.type):
+        return column.to_numpy()
+    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # combine copies
+    offsets = array.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    if len(lengths) and (lengths != lengths[0]).any():
+        raise ValueError(f"{name}: vectors of different lengths {sorted(set(lengths.tolist()))[:5]}")
+    values = array.values.slice(offsets[0], offsets[-1] - offsets[0]).to_numpy()
+    return values.astype(np.float32, copy=False).reshape(len(array), int(lengths[0]) if len(lengths) else 0)
+
+
+def _gather(chunks: list[dict[str, np.ndarray]], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows `rows` (sorted) of the chunks laid end to end, copied once into new arrays."""
+    starts = np.cumsum([0] + [len(next(iter(c.values()))) for c in chunks])
+    bounds = np.searchsorted(rows, starts)
+    out = {c: np.empty((len(rows), *a.shape[1:]), a.dtype) for c, a in chunks[0].items()}
+    for chunk, start, lo, hi in zip(chunks, starts[:-1], bounds[:-1], bounds[1:], strict=True):
+        if hi > lo:
+            for c, a in chunk.items():
+                np.take(a, rows[lo:hi] - start, axis=0, out=out[c][lo:hi], mode="clip")  # in range: no buffer
+    return out
 
 
 def iterate_batches(
@@ -97,7 +138,10 @@ def iterate_batches(
     workers: int = 2,
     features: FeatureTable | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches {"<role>_key": int64[B], "<role>_<modality>": float32[B, d]} of this rank's shard."""
+    """Batches {"<role>_key": int64[B], "<role>_<modality>": float32[B, d]} of this rank's shard: row
+    groups in a `seed`-shuffled order (arriving in that order with `workers=1`; reader threads may
+    reorder them), their rows shuffled through a buffer of `shuffle_batches` batches (a batch lists its
+    rows in buffer order)."""
     from petastorm import make_batch_reader
 
     if not files:
@@ -110,27 +154,23 @@ def iterate_batches(
     keys = [f"{r}_key" for r in ROLES]
     vector_cols = [] if features is not None else [f"{r}_{m}" for r in ROLES for m in modalities]
     rng = np.random.default_rng([seed, rank])
-    buffer: dict[str, list[np.ndarray]] = {c: [] for c in keys + vector_cols}
+    chunks: list[dict[str, np.ndarray]] = []
     buffered = 0
     capacity = batch_size * shuffle_batches
 
     def drain(final: bool) -> Iterator[dict[str, np.ndarray]]:
-        nonlocal buffered
-        merged = {c: np.concatenate(v) for c, v in buffer.items()}
+        nonlocal chunks, buffered
         order = rng.permutation(buffered)
         cut = buffered if final else buffered - buffered % batch_size
         for start in range(0, cut, batch_size):
-            idx = order[start : start + batch_size]
-            batch = {c: merged[c][idx] for c in merged}
+            batch = _gather(chunks, np.sort(order[start : start + batch_size]))
             if features is not None:
                 for role in ROLES:
                     for name, matrix in features.lookup(batch[f"{role}_key"]).items():
                         batch[f"{role}_{name}"] = matrix
             yield batch
-        rest = order[cut:]
-        for c in buffer:
-            buffer[c] = [merged[c][rest]]
-        buffered = len(rest)
+        chunks = [_gather(chunks, np.sort(order[cut:]))]
+        buffered -= cut
 
     urls = [f if "://" in f else f"file://{f}" for f in files]
     with make_batch_reader(
@@ -143,13 +183,10 @@ def iterate_batches(
         num_epochs=1,
         workers_count=workers,
     ) as reader:
+        reader._results_queue_reader = _Columns()  # no option for it (petastorm pinned in requirements)
         for chunk in reader:
-            data = chunk._asdict()
-            for c in keys:
-                buffer[c].append(np.asarray(data[c], dtype=np.int64))
-            for c in vector_cols:
-                buffer[c].append(_stack(data[c]))
-            buffered += len(data[keys[0]])
+            chunks.append(chunk)
+            buffered += len(chunk[keys[0]])
             if buffered >= capacity:
                 yield from drain(final=False)
     if buffered:
