@@ -31,7 +31,7 @@ from cdml_spark.serving.top_k import (
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableStore
 from cdml_spark.training.loader import snapshot_files
 
-__all__ = ["build_neighbors"]
+__all__ = ["build_neighbors", "neighbor_search"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,22 @@ def _ann_neighbors(
     return embeddings.select("video_id", "embedding").mapInArrow(task, RESULT_SCHEMA), recall
 
 
+def neighbor_search(
+    spark: SparkSession, cfg: AppConfig, store: TableStore, embeddings: DataFrame
+) -> tuple[DataFrame, float | None]:
+    """(RESULT_SCHEMA rows: every video's top-K among `embeddings`, ANN recall or None). Exact mode is
+    lazy; ANN mode builds its index and measures recall here, its search stays lazy."""
+    files = snapshot_files(spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS))
+    if cfg.neighbors.mode == "ann":
+        return _ann_neighbors(spark, cfg, embeddings, files)
+    queries = embeddings.select(
+        F.col("video_id").alias("query_id"),
+        F.col("embedding").alias("vector"),
+        F.array("video_id").alias("exclude"),
+    )
+    return blocked_top_k(spark, queries, files, cfg.neighbors.k, cfg.neighbors.block_size), None
+
+
 def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:
     """Job entry: replace `video_neighbors` from the current `video_embeddings`."""
     start = time.time()
@@ -93,17 +109,7 @@ def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
         {"neighbors": cfg.neighbors.model_dump(), "embeddings": store.version(VIDEO_EMBEDDINGS)},
         run_id,
     )
-    files = snapshot_files(spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS))
-    recall = None
-    if cfg.neighbors.mode == "exact":
-        queries = embeddings.select(
-            F.col("video_id").alias("query_id"),
-            F.col("embedding").alias("vector"),
-            F.array("video_id").alias("exclude"),
-        )
-        result = blocked_top_k(spark, queries, files, cfg.neighbors.k, cfg.neighbors.block_size)
-    else:
-        result, recall = _ann_neighbors(spark, cfg, embeddings, files)
+    result, recall = neighbor_search(spark, cfg, store, embeddings)
     rows = result.select(F.col("query_id").alias("video_id"), "neighbor_id", "rank", "score").withColumn(
         "model_version", F.lit(version)
     )
