@@ -23,9 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
 
 from cdml_spark.cli import setup_logging
-from cdml_spark.config import load_config
+from cdml_spark.config import AppConfig, load_config
 from cdml_spark.serving.embed import current_embeddings
 from cdml_spark.serving.neighbors import build_neighbors, neighbor_search
 from cdml_spark.serving.top_k import ann_recall, ann_top_k
@@ -46,14 +47,14 @@ def unit_vectors(n: int, dim: int, clusters: int) -> np.ndarray:
     return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
-def write_embeddings(spark, store: TableStore, matrix: np.ndarray) -> None:
+def write_embeddings(spark: SparkSession, store: TableStore, matrix: np.ndarray) -> None:
     """`video_embeddings` rows v0000000, v0000001, … (id order = row order)."""
     frame = pd.DataFrame({"video_id": [f"v{i:07d}" for i in range(len(matrix))], "embedding": list(matrix)})
     df = spark.createDataFrame(frame, "video_id string, embedding array<float>")
     store.write(VIDEO_EMBEDDINGS, df.selectExpr("*", "'bench' AS model_version"), Lineage.new("bench", {}))
 
 
-def neighbor_table(spark, store: TableStore, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def neighbor_table(spark: SparkSession, store: TableStore, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(row numbers [n, k], scores [n, k]) of the `video_neighbors` table, by query and rank."""
     files = snapshot_files(spark, store.location(VIDEO_NEIGHBORS))
     table = pa.concat_tables(
@@ -64,20 +65,20 @@ def neighbor_table(spark, store: TableStore, n: int, k: int) -> tuple[np.ndarray
     return rows.reshape(n, k), table.column("score").to_numpy().reshape(n, k)
 
 
-def differences(ids, scores, ref_ids, ref_scores) -> int:
+def differences(ids: np.ndarray, scores: np.ndarray, ref_ids: np.ndarray, ref_scores: np.ndarray) -> int:
     """Queries whose neighbours differ from the reference other than between equal scores."""
     assert np.abs(scores - ref_scores).max() <= TIE
     return int(((ids != ref_ids) & (np.abs(scores - ref_scores) > TIE)).any(axis=1).sum())
 
 
-def job_config(args: argparse.Namespace, *overrides: str):
+def job_config(args: argparse.Namespace, *overrides: str) -> AppConfig:
     return load_config(
         "conf/local.yaml",
         [f"storage.tables_root={args.tables}", f"neighbors.k={args.k}", *overrides, *args.set],
     )
 
 
-def timed(spark, cfg, store: TableStore) -> tuple[float, float]:
+def timed(spark: SparkSession, cfg: AppConfig, store: TableStore) -> tuple[float, float]:
     """Seconds of (`neighbor_search` into Spark's noop sink, the whole `build_neighbors` job)."""
     started = time.time()
     neighbor_search(spark, cfg, store, current_embeddings(store)[0])[0].write.format("noop").mode(

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
+
+if TYPE_CHECKING:
+    import faiss
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -194,7 +198,7 @@ def cached_index(broadcast):
 
 
 def ann_top_k(
-    index,
+    index: faiss.Index,
     queries: np.ndarray,
     excluded: tuple[np.ndarray, np.ndarray],
     k: int,
@@ -208,7 +212,7 @@ def ann_top_k(
     if hasattr(index, "nprobe"):
         index.nprobe = ivf_probe
     rows, skip = excluded
-    extra = int(np.bincount(rows, minlength=1).max()) if len(rows) else 0
+    extra = int(np.bincount(rows, minlength=1).max())
     scores, positions = index.search(queries, k + extra)
     drop = positions < 0
     np.logical_or.at(drop, rows, positions[rows] == skip[:, None])
