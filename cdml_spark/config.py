@@ -343,7 +343,11 @@ class NeighborsConfig(_Strict):
     mode: Literal["exact", "ann"] = Field(
         default="exact", description="exact: blocked matrix multiply; ann: faiss (recall vs exact is logged)"
     )
-    block_size: int = Field(default=4096, ge=1, description="Catalog rows scored at once (exact mode)")
+    block_size: int = Field(
+        default=4096,
+        ge=1,
+        description="Exact mode: queries per batch and candidates per matrix multiply (score block = block_size²)",
+    )
     ann: AnnConfig = AnnConfig()
 
 

@@ -1,14 +1,17 @@
-"""Embedding, neighbours (exact vs numpy, ANN recall), recommendations (vs hand computation),
-cold videos, the example SQL and reading the tables without Spark."""
+"""Embedding, neighbours (exact search vs a brute force with ties and exclusions, ANN recall),
+recommendations (vs hand computation), cold videos, the example SQL and reading the tables without Spark."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from cdml_spark.serving.neighbors import build_neighbors
-from cdml_spark.serving.top_k import ann_recall
+from cdml_spark.serving.top_k import ann_recall, ann_top_k, blocked_top_k, exact_top_k
 from cdml_spark.sql_queries import render, run_sql_file
 from cdml_spark.summary import summary
 from cdml_spark.tables import (
@@ -27,6 +30,68 @@ def numpy_top_k(matrix, ids, query, k, exclude):
     scores = matrix @ query
     order = sorted((i for i in range(len(ids)) if ids[i] not in exclude), key=lambda i: (-scores[i], ids[i]))
     return [ids[i] for i in order[:k]], [scores[i] for i in order[:k]]
+
+
+def tied_vectors(rng: np.random.Generator, n: int, d: int = 4) -> np.ndarray:
+    """Multiples of 1/4 in [-0.5, 0.5]: every inner product is exact in float32, many are equal."""
+    return rng.integers(-2, 3, (n, d)).astype(np.float32) / 4
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16, 1000])
+@pytest.mark.parametrize("k", [1, 7, 60])
+def test_exact_top_k_equals_brute_force_with_ties_and_exclusions(block_size, k):
+    rng = np.random.default_rng(block_size * 100 + k)
+    matrix, queries = tied_vectors(rng, 50), tied_vectors(rng, 9)
+    rows = np.concatenate([rng.integers(1, 9, 40), np.zeros(50, int)])  # query 0 excludes everything
+    skip = np.concatenate([rng.integers(0, 50, 40), np.arange(50)])
+    positions, scores = exact_top_k(queries, (rows, skip), matrix, k, block_size)
+    for i, query in enumerate(queries):  # positions are the ids here
+        exp_ids, exp_scores = numpy_top_k(matrix, range(50), query, k, set(skip[rows == i].tolist()))
+        n = len(exp_ids)
+        assert positions[i, :n].tolist() == exp_ids and scores[i, :n].tolist() == exp_scores, i
+        assert (positions[i, n:] == -1).all() and np.isneginf(scores[i, n:]).all(), i
+    assert (positions[0] == -1).all() and (positions[1:, 0] >= 0).all()
+
+
+def test_blocked_top_k_equals_brute_force(spark, tmp_path):
+    """Candidates in two unsorted parquet files, ids whose string order is not numeric order."""
+    rng = np.random.default_rng(0)
+    ids = [f"v{j}" for j in rng.permutation(40)]
+    matrix, queries = tied_vectors(rng, 40), tied_vectors(rng, 11)
+    files = []
+    for part, rows in enumerate((slice(0, 25), slice(25, 40))):
+        files.append(f"file:{tmp_path}/part-{part}.parquet")
+        table = pa.table(
+            {"video_id": ids[rows], "embedding": list(matrix[rows]), "other": [1] * len(ids[rows])}
+        )
+        pq.write_table(table, files[-1].removeprefix("file:"))
+    exclude = [[ids[j] for j in rng.integers(0, 40, rng.integers(0, 6))] + ["nope"] for _ in queries]
+    exclude[3] = None
+    frame = spark.createDataFrame(
+        [(f"q{i}", q.tolist(), e) for i, (q, e) in enumerate(zip(queries, exclude, strict=True))],
+        "query_id string, vector array<float>, exclude array<string>",
+    )
+    got = blocked_top_k(spark, frame.repartition(2), files, 6, 4).toPandas()
+    for i, query in enumerate(queries):
+        mine = got[got["query_id"] == f"q{i}"].sort_values("rank")
+        exp_ids, exp_scores = numpy_top_k(matrix, ids, query, 6, set(exclude[i] or ()))
+        assert list(mine["neighbor_id"]) == exp_ids and list(mine["score"]) == exp_scores, i
+        assert list(mine["rank"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_ann_top_k_drops_exclusions_like_exact_search():
+    """Over a flat (exact) faiss index on tie-free data, ann_top_k must equal exact_top_k."""
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((300, 8)).astype(np.float32)
+    queries = matrix[:20]
+    rows = np.concatenate([np.arange(20), rng.integers(0, 20, 30)])  # itself and some others
+    skip = np.concatenate([np.arange(20), rng.integers(0, 300, 30)])
+    index = faiss.IndexFlatIP(8)
+    index.add(matrix)
+    approx = ann_top_k(index, queries, (rows, skip), 10, 16, 1)
+    exact = exact_top_k(queries, (rows, skip), matrix, 10, 64)
+    assert (approx[0] == exact[0]).all() and np.allclose(approx[1], exact[1], atol=1e-5)
+    assert not set(approx[0][0]) & set(skip[rows == 0])
 
 
 def test_embeddings_equal_direct_inference(spark, served):

@@ -9,8 +9,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
-from pyspark.sql import SparkSession
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
@@ -18,25 +19,32 @@ from cdml_spark.serving.embed import current_embeddings
 from cdml_spark.serving.top_k import (
     RESULT_SCHEMA,
     ann_recall,
-    ann_search,
+    ann_top_k,
     blocked_top_k,
     build_faiss_index,
     cached_index,
+    candidate_matrix,
     exact_top_k,
+    result_batch,
+    vectors,
 )
 from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableStore
 from cdml_spark.training.loader import snapshot_files
 
-__all__ = ["build_neighbors"]
+__all__ = ["build_neighbors", "neighbor_search"]
 
 log = logging.getLogger(__name__)
 
 
-def _ann_neighbors(spark: SparkSession, cfg: AppConfig, embeddings) -> tuple[object, float]:
+def _valid(positions: np.ndarray) -> list[np.ndarray]:
+    return [row[row >= 0] for row in positions]
+
+
+def _ann_neighbors(
+    spark: SparkSession, cfg: AppConfig, embeddings: DataFrame, files: list[str]
+) -> tuple[DataFrame, float]:
     ann, k = cfg.neighbors.ann, cfg.neighbors.k
-    pdf = embeddings.select("video_id", "embedding").orderBy("video_id").toPandas()
-    ids = pdf["video_id"].to_numpy(dtype=object)
-    matrix = np.stack(pdf["embedding"]).astype(np.float32)
+    ids, matrix = candidate_matrix(tuple(files))
     started = time.time()
     index = build_faiss_index(matrix, ann.index, ann.hnsw_m, ann.ivf_lists)
     log.info(
@@ -47,12 +55,10 @@ def _ann_neighbors(spark: SparkSession, cfg: AppConfig, embeddings) -> tuple[obj
     )
 
     sample = np.random.default_rng(0).permutation(len(ids))[: ann.recall_sample]
-    approx, _ = ann_search(index, matrix[sample], k + 1, ann.ef_search, ann.ivf_probe)
-    approx_ids = [
-        [ids[p] for p in row if p >= 0 and p != q][:k] for row, q in zip(approx, sample, strict=False)
-    ]
-    exact, _ = exact_top_k(matrix[sample], [{ids[q]} for q in sample], [(ids, matrix)], k)
-    recall = ann_recall(np.array(approx_ids, dtype=object), exact)
+    itself = (np.arange(len(sample)), sample)
+    approx, _ = ann_top_k(index, matrix[sample], itself, k, ann.ef_search, ann.ivf_probe)
+    exact, _ = exact_top_k(matrix[sample], itself, matrix, k, cfg.neighbors.block_size)
+    recall = ann_recall(_valid(approx), _valid(exact))
     log.info("build_neighbors: ANN recall@%d vs exact on %d queries = %.4f", k, len(sample), recall)
 
     import faiss
@@ -60,18 +66,37 @@ def _ann_neighbors(spark: SparkSession, cfg: AppConfig, embeddings) -> tuple[obj
     blob = spark.sparkContext.broadcast(faiss.serialize_index(index))
     id_table = spark.sparkContext.broadcast(ids)
 
-    def task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            q = np.stack(batch["embedding"]).astype(np.float32)
-            positions, scores = ann_search(cached_index(blob), q, k + 1, ann.ef_search, ann.ivf_probe)
-            rows = []
-            for qid, pos_row, score_row in zip(batch["video_id"], positions, scores, strict=False):
-                found = [(id_table.value[p], s) for p, s in zip(pos_row, score_row, strict=False) if p >= 0]
-                found = [(n, s) for n, s in found if n != qid][:k]
-                rows += [(qid, n, r + 1, float(s)) for r, (n, s) in enumerate(found)]
-            yield pd.DataFrame(rows, columns=["query_id", "neighbor_id", "rank", "score"])
+            query_ids = batch.column("video_id")
+            own = pc.index_in(query_ids, value_set=id_table.value).fill_null(-1).to_numpy()
+            positions, scores = ann_top_k(
+                cached_index(blob),
+                vectors(batch.column("embedding")),
+                (np.arange(len(own)), own.astype(np.int64)),
+                k,
+                ann.ef_search,
+                ann.ivf_probe,
+            )
+            yield result_batch(query_ids, id_table.value, positions, scores)
 
-    return embeddings.select("video_id", "embedding").mapInPandas(task, RESULT_SCHEMA), recall
+    return embeddings.select("video_id", "embedding").mapInArrow(task, RESULT_SCHEMA), recall
+
+
+def neighbor_search(
+    spark: SparkSession, cfg: AppConfig, store: TableStore, embeddings: DataFrame
+) -> tuple[DataFrame, float | None]:
+    """(RESULT_SCHEMA rows: every video's top-K among `embeddings`, ANN recall or None). Exact mode is
+    lazy; ANN mode builds its index and measures recall here, its search stays lazy."""
+    files = snapshot_files(spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS))
+    if cfg.neighbors.mode == "ann":
+        return _ann_neighbors(spark, cfg, embeddings, files)
+    queries = embeddings.select(
+        F.col("video_id").alias("query_id"),
+        F.col("embedding").alias("vector"),
+        F.array("video_id").alias("exclude"),
+    )
+    return blocked_top_k(spark, queries, files, cfg.neighbors.k, cfg.neighbors.block_size), None
 
 
 def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:
@@ -84,19 +109,7 @@ def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
         {"neighbors": cfg.neighbors.model_dump(), "embeddings": store.version(VIDEO_EMBEDDINGS)},
         run_id,
     )
-    recall = None
-    if cfg.neighbors.mode == "exact":
-        queries = embeddings.select(
-            F.col("video_id").alias("query_id"),
-            F.col("embedding").alias("vector"),
-            F.array("video_id").alias("exclude"),
-        )
-        files = snapshot_files(
-            spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS)
-        )
-        result = blocked_top_k(spark, queries, files, cfg.neighbors.k, cfg.neighbors.block_size)
-    else:
-        result, recall = _ann_neighbors(spark, cfg, embeddings)
+    result, recall = neighbor_search(spark, cfg, store, embeddings)
     rows = result.select(F.col("query_id").alias("video_id"), "neighbor_id", "rank", "score").withColumn(
         "model_version", F.lit(version)
     )

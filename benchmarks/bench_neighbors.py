@@ -1,0 +1,153 @@
+"""Benchmark: the `build_neighbors` job (exact, then ANN) vs faiss IndexFlatIP on N random unit vectors.
+
+    .venv/bin/python benchmarks/bench_neighbors.py [--sizes 20000 100000] [--dim 256] [--k 100]
+        [--ef 64 256] [--ivf-probe 32] [--clusters 0] [--tables /tmp/cdml-bench-neighbors]
+
+Per N: writes a `video_embeddings` Delta table, runs the real job (Spark, `conf/local.yaml`; after a
+warm-up run on 1,000 rows) in exact mode and once per ANN setting, and faiss IndexFlatIP (this
+process, all cores) on the same matrix. `--clusters C` draws the vectors around C random centres
+(real embeddings are clustered; uniform random vectors are the worst case for ANN).
+Checks the exact table against faiss (same ids per query and rank, except where the two scores are
+equal within 1e-6) and prints seconds, ratios and recall@10 of each ANN run vs the exact table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyspark.sql import SparkSession
+
+from cdml_spark.cli import setup_logging
+from cdml_spark.config import AppConfig, load_config
+from cdml_spark.serving.embed import current_embeddings
+from cdml_spark.serving.neighbors import build_neighbors, neighbor_search
+from cdml_spark.serving.top_k import ann_recall, ann_top_k
+from cdml_spark.spark import get_spark
+from cdml_spark.tables import VIDEO_EMBEDDINGS, VIDEO_NEIGHBORS, Lineage, TableStore
+from cdml_spark.training.loader import snapshot_files
+
+TIE = 1e-6  # scores this close count as equal: faiss and numpy round the same dot product differently
+
+
+def unit_vectors(n: int, dim: int, clusters: int) -> np.ndarray:
+    """n random unit vectors: uniform on the sphere, or around `clusters` random centres."""
+    rng = np.random.default_rng(n)
+    matrix = rng.standard_normal((n, dim), dtype=np.float32)
+    if clusters:
+        centres = rng.standard_normal((clusters, dim), dtype=np.float32)
+        matrix = centres[rng.integers(0, clusters, n)] + matrix / 2
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def write_embeddings(spark: SparkSession, store: TableStore, matrix: np.ndarray) -> None:
+    """`video_embeddings` rows v0000000, v0000001, … (id order = row order)."""
+    frame = pd.DataFrame({"video_id": [f"v{i:07d}" for i in range(len(matrix))], "embedding": list(matrix)})
+    df = spark.createDataFrame(frame, "video_id string, embedding array<float>")
+    store.write(VIDEO_EMBEDDINGS, df.selectExpr("*", "'bench' AS model_version"), Lineage.new("bench", {}))
+
+
+def neighbor_table(spark: SparkSession, store: TableStore, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row numbers [n, k], scores [n, k]) of the `video_neighbors` table, by query and rank."""
+    files = snapshot_files(spark, store.location(VIDEO_NEIGHBORS))
+    table = pa.concat_tables(
+        pq.read_table(f.removeprefix("file:"), columns=["video_id", "neighbor_id", "rank", "score"])
+        for f in files
+    ).sort_by([("video_id", "ascending"), ("rank", "ascending")])
+    rows = pc.cast(pc.utf8_slice_codeunits(table.column("neighbor_id"), 1), pa.int64()).to_numpy()
+    return rows.reshape(n, k), table.column("score").to_numpy().reshape(n, k)
+
+
+def differences(ids: np.ndarray, scores: np.ndarray, ref_ids: np.ndarray, ref_scores: np.ndarray) -> int:
+    """Queries whose neighbours differ from the reference other than between equal scores."""
+    assert np.abs(scores - ref_scores).max() <= TIE
+    return int(((ids != ref_ids) & (np.abs(scores - ref_scores) > TIE)).any(axis=1).sum())
+
+
+def job_config(args: argparse.Namespace, *overrides: str) -> AppConfig:
+    return load_config(
+        "conf/local.yaml",
+        [f"storage.tables_root={args.tables}", f"neighbors.k={args.k}", *overrides, *args.set],
+    )
+
+
+def timed(spark: SparkSession, cfg: AppConfig, store: TableStore) -> tuple[float, float]:
+    """Seconds of (`neighbor_search` into Spark's noop sink, the whole `build_neighbors` job)."""
+    started = time.time()
+    neighbor_search(spark, cfg, store, current_embeddings(store)[0])[0].write.format("noop").mode(
+        "overwrite"
+    ).save()
+    search = time.time() - started
+    started = time.time()
+    build_neighbors(spark, cfg)
+    return search, time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--ef", type=int, nargs="*", default=[64, 256], help="HNSW efSearch values")
+    parser.add_argument("--ivf-probe", type=int, nargs="*", default=[32], help="IVF nprobe values")
+    parser.add_argument("--clusters", type=int, default=0, help="0: uniform on the sphere")
+    parser.add_argument("--tables", default="/tmp/cdml-bench-neighbors")
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides")
+    args = parser.parse_args()
+    setup_logging()
+    ann = [("hnsw", f"ef_search={ef}") for ef in args.ef] + [
+        ("ivf", f"ivf_probe={p}") for p in args.ivf_probe
+    ]
+    lines = []
+    for n in args.sizes:
+        shutil.rmtree(args.tables, ignore_errors=True)
+        cfg = job_config(args, "neighbors.mode=exact")
+        spark = get_spark(cfg)
+        store = TableStore(spark, cfg.storage)
+        matrix = unit_vectors(n, args.dim, args.clusters)
+        write_embeddings(spark, store, matrix[:1000])
+        build_neighbors(spark, cfg)  # warm-up: JVM, Python workers, the table's creation
+        write_embeddings(spark, store, matrix)
+
+        started = time.time()
+        index = faiss.IndexFlatIP(args.dim)
+        index.add(matrix)  # ann_top_k on a flat index: an exact search, minus each query itself
+        flat_ids, flat_scores = ann_top_k(index, matrix, (np.arange(n), np.arange(n)), args.k, 0, 0)
+        flat = time.time() - started
+
+        exact = timed(spark, cfg, store)
+        exact_ids, exact_scores = neighbor_table(spark, store, n, args.k)
+        differ = differences(exact_ids, exact_scores, flat_ids, flat_scores)
+        lines += [
+            (n, "faiss IndexFlatIP (driver)", (flat, float("nan")), flat, exact, "reference"),
+            (n, "build_neighbors exact", exact, flat, exact, f"{differ} queries differ from faiss"),
+        ]
+        for kind, setting in ann:
+            job = job_config(
+                args, "neighbors.mode=ann", f"neighbors.ann.index={kind}", f"neighbors.ann.{setting}"
+            )
+            seconds = timed(spark, job, store)
+            recall = ann_recall(neighbor_table(spark, store, n, args.k)[0][:, :10], exact_ids[:, :10])
+            lines.append(
+                (n, f"build_neighbors ann {kind} {setting}", seconds, flat, exact, f"recall@10 {recall:.3f}")
+            )
+    print(
+        f"\n{'N':>8} {'method':<38} {'search s':>8} {'job s':>7} {'search÷flat':>11} {'job÷flat':>8} "
+        f"{'speed-up vs exact (search, job)':>31}  check"
+    )
+    for n, method, (search, job), flat, exact, note in lines:
+        print(
+            f"{n:>8,} {method:<38} {search:>8.1f} {job:>7.1f} {search / flat:>11.2f} {job / flat:>8.2f} "
+            f"{exact[0] / search:>22.2f}× {exact[1] / job:>6.2f}×  {note}"
+        )
+
+
+if __name__ == "__main__":
+    main()
