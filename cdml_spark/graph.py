@@ -64,14 +64,10 @@ class GraphReport:
         )
 
 
-def _user_starts(users: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Boolean mask: row i starts a new user (rows sorted by user)."""
-    starts = np.ones(len(users), dtype=bool)
-    if len(users) > 1:
-        starts[1:] = pc.not_equal(users.slice(1), users.slice(0, len(users) - 1)).to_numpy(
-            zero_copy_only=False
-        )
-    return starts
+def _user_codes(users: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(codes, names): each row's user as an int32 code into `names` (sorting ints beats strings)."""
+    encoded = pc.dictionary_encode(users).combine_chunks()
+    return encoded.indices, encoded.dictionary
 
 
 def _watched_in_task(batches: Iterator[pa.RecordBatch], max_history: int) -> Iterator[pa.RecordBatch]:
@@ -80,18 +76,22 @@ def _watched_in_task(batches: Iterator[pa.RecordBatch], max_history: int) -> Ite
     events = pa.Table.from_batches(list(batches))
     if events.num_rows == 0:
         return
-    per_pair = events.group_by(["user_id", "video_id"]).aggregate(
-        [("ts_us", "max"), ("ts_us", "min"), ("ts_us", "count")]
+    codes, names = _user_codes(events["user_id"])
+    per_pair = (
+        pa.table({"user": codes, "video_id": events["video_id"], "ts_us": events["ts_us"]})
+        .group_by(["user", "video_id"])
+        .aggregate([("ts_us", "max"), ("ts_us", "min"), ("ts_us", "count")])
     )
     order = pc.sort_indices(
-        per_pair, [("user_id", "ascending"), ("ts_us_max", "descending"), ("video_id", "ascending")]
+        per_pair, [("user", "ascending"), ("ts_us_max", "descending"), ("video_id", "ascending")]
     )
     per_pair = per_pair.take(order)
-    position = np.arange(per_pair.num_rows)
-    first_of_user = np.maximum.accumulate(np.where(_user_starts(per_pair["user_id"]), position, 0))
+    user = per_pair["user"].to_numpy()
+    position = np.arange(len(user))
+    first_of_user = np.maximum.accumulate(np.where(np.r_[True, user[1:] != user[:-1]], position, 0))
     watched = pa.table(
         {
-            "user_id": per_pair["user_id"],
+            "user_id": names.take(per_pair["user"]),
             "video_id": per_pair["video_id"],
             "ts_us": per_pair["ts_us_max"],
             "first_us": per_pair["ts_us_min"],
@@ -111,8 +111,9 @@ def _pairs_in_task(
     rows = rows.filter(pc.is_in(rows["key"], value_set=pa.array(keys)))
     if rows.num_rows < 2:
         return
-    rows = rows.take(pc.sort_indices(rows, [("user_id", "ascending"), ("ts_us", "ascending")]))
-    user = np.cumsum(_user_starts(rows["user_id"]))
+    rows = pa.table({"user": _user_codes(rows["user_id"])[0], "key": rows["key"], "ts_us": rows["ts_us"]})
+    rows = rows.take(pc.sort_indices(rows, [("user", "ascending"), ("ts_us", "ascending")]))
+    user = rows["user"].to_numpy()
     ts = rows["ts_us"].to_numpy()
     dense = np.searchsorted(keys, rows["key"].to_numpy())  # key order == dense order
     codes = []
