@@ -16,8 +16,9 @@ Definition (mirrored by the brute-force reference in tests):
 How it runs: events are shuffled once, by user; each task then holds whole users, and steps 1–2 run
 there on Arrow/numpy columns (`mapInArrow`), never as a self-join. Videos that cannot reach
 `min_users` are dropped before pairing; pairs are generated only inside the window (time-sorted
-rows, offsets 1..max_history−1) and counted per task on 64-bit video keys; Spark sums the counts
-across tasks and maps keys back to ids only for the pairs that pass `min_users`.
+rows, offsets 1..max_history−1) and counted per task as one 64-bit code per pair; a second shuffle
+(by pair) brings each pair's per-task counts together, numpy sums them, and keys go back to ids
+only for the pairs that pass `min_users`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ __all__ = ["GraphReport", "build_graph", "graph_edges"]
 log = logging.getLogger(__name__)
 
 _WATCHED_SCHEMA = "user_id string, video_id string, ts_us long, first_us long, events long, kept boolean"
-_PAIR_SCHEMA = "key_a long, key_b long, users long"
+_PAIR_SCHEMA = "pair long, users long"
+_STRONG_SCHEMA = "key_a long, key_b long, cowatch_users long"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ class GraphReport:
         )
 
 
+def _table(batches: Iterator[pa.RecordBatch]) -> pa.Table | None:
+    """A task's Arrow batches as one table (None for an empty partition)."""
+    batches = list(batches)
+    return pa.Table.from_batches(batches) if batches and sum(b.num_rows for b in batches) else None
+
+
 def _user_codes(users: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """(codes, names): each row's user as an int32 code into `names` (sorting ints beats strings)."""
     encoded = pc.dictionary_encode(users).combine_chunks()
@@ -73,8 +81,8 @@ def _user_codes(users: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
 def _watched_in_task(batches: Iterator[pa.RecordBatch], max_history: int) -> Iterator[pa.RecordBatch]:
     """One task's events (whole users) → one row per (user, video): latest and first watch, events,
     and `kept` = among the user's `max_history` most recent distinct videos (step 1)."""
-    events = pa.Table.from_batches(list(batches))
-    if events.num_rows == 0:
+    events = _table(batches)
+    if events is None:
         return
     codes, names = _user_codes(events["user_id"])
     per_pair = (
@@ -106,8 +114,11 @@ def _pairs_in_task(
     batches: Iterator[pa.RecordBatch], keys: np.ndarray, window_us: int, max_history: int
 ) -> Iterator[pa.RecordBatch]:
     """One task's kept history (whole users; user_id, key, ts_us) → per-task co-watch counts of the
-    pairs (key_a < key_b) whose two videos are both in `keys` (sorted) and in the window (step 2)."""
-    rows = pa.Table.from_batches(list(batches))
+    pairs whose two videos are both in `keys` (sorted) and in the window (step 2). A pair is coded
+    as position(a) · len(keys) + position(b) with a < b in key order."""
+    rows = _table(batches)
+    if rows is None:
+        return
     rows = rows.filter(pc.is_in(rows["key"], value_set=pa.array(keys)))
     if rows.num_rows < 2:
         return
@@ -125,9 +136,24 @@ def _pairs_in_task(
         codes.append(np.minimum(first, second) * len(keys) + np.maximum(first, second))
     if codes:
         pair, users = np.unique(np.concatenate(codes), return_counts=True)
-        yield pa.RecordBatch.from_pydict(
-            {"key_a": keys[pair // len(keys)], "key_b": keys[pair % len(keys)], "users": users}
-        )
+        yield pa.RecordBatch.from_pydict({"pair": pair, "users": users})
+
+
+def _strong_pairs_in_task(
+    batches: Iterator[pa.RecordBatch], keys: np.ndarray, min_users: int
+) -> Iterator[pa.RecordBatch]:
+    """All per-task counts of some pairs (repartitioned by pair) → key_a, key_b, cowatch_users of
+    those with at least `min_users` co-watchers."""
+    counts = _table(batches)
+    if counts is None:
+        return
+    pair, slot = np.unique(counts["pair"].to_numpy(), return_inverse=True)
+    users = np.bincount(slot, weights=counts["users"].to_numpy(), minlength=len(pair)).astype(np.int64)
+    strong = users >= min_users
+    pair = pair[strong]
+    yield pa.RecordBatch.from_pydict(
+        {"key_a": keys[pair // len(keys)], "key_b": keys[pair % len(keys)], "cowatch_users": users[strong]}
+    )
 
 
 def _watched(events: DataFrame, params: GraphConfig, partitions: int) -> DataFrame:
@@ -143,9 +169,10 @@ def _history_users(watched: DataFrame) -> DataFrame:
     return watched.where("kept").groupBy("video_id").agg(F.count(F.lit(1)).alias("history_users"))
 
 
-def _cowatch_counts(watched: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
+def _cowatch_counts(watched: DataFrame, users: DataFrame, params: GraphConfig, partitions: int) -> DataFrame:
     """video_a, video_b (a < b in key order), cowatch_users, for the pairs with ≥ `min_users`.
-    `watched` must come straight from `_watched` (each task holds whole users)."""
+    `watched` must come straight from `_watched` (each task holds whole users); per-task pair counts
+    are summed in numpy after one shuffle by pair (no hash aggregation over mostly unique pairs)."""
     videos = users.where(F.col("history_users") >= params.min_users).select(
         "video_id", F.xxhash64("video_id").alias("key")
     )
@@ -162,9 +189,10 @@ def _cowatch_counts(watched: DataFrame, users: DataFrame, params: GraphConfig) -
             lambda batches: _pairs_in_task(batches, shared.value, window_us, params.max_history),
             _PAIR_SCHEMA,
         )
-        .groupBy("key_a", "key_b")
-        .agg(F.sum("users").alias("cowatch_users"))
-        .where(F.col("cowatch_users") >= params.min_users)
+        .repartition(partitions, "pair")
+        .mapInArrow(
+            lambda batches: _strong_pairs_in_task(batches, shared.value, params.min_users), _STRONG_SCHEMA
+        )
     )
     ids_a = videos.select(F.col("key").alias("key_a"), F.col("video_id").alias("video_a"))
     ids_b = videos.select(F.col("key").alias("key_b"), F.col("video_id").alias("video_b"))
@@ -179,9 +207,10 @@ def _partitions(spark: SparkSession, events: DataFrame, params: GraphConfig) -> 
 
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
     """The whole graph rule on `events` (unpersisted): directed top-N rows with cosine scores."""
-    watched = _watched(events, params, _partitions(events.sparkSession, events, params))
+    partitions = _partitions(events.sparkSession, events, params)
+    watched = _watched(events, params, partitions)
     users = _history_users(watched)
-    return _top_neighbors(_cowatch_counts(watched, users, params), users, params)
+    return _top_neighbors(_cowatch_counts(watched, users, params, partitions), users, params)
 
 
 def _top_neighbors(pairs: DataFrame, users: DataFrame, params: GraphConfig) -> DataFrame:
@@ -233,9 +262,10 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
     )
     log.info("build_graph: watch_events v%s, params %s, run_id=%s", input_version, cfg.graph, lineage.run_id)
 
-    watched = _watched(events, cfg.graph, _partitions(spark, events, cfg.graph)).persist()
+    partitions = _partitions(spark, events, cfg.graph)
+    watched = _watched(events, cfg.graph, partitions).persist()
     users = _history_users(watched).persist()
-    pairs = _cowatch_counts(watched, users, cfg.graph).persist()
+    pairs = _cowatch_counts(watched, users, cfg.graph, partitions).persist()
     store.write(COWATCH_EDGES, _top_neighbors(pairs, users, cfg.graph), lineage)
     pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)
