@@ -43,7 +43,7 @@ print("video_id:", video_id)
 cowatch = store.read(COWATCH_EDGES).where(F.col("video_id") == video_id).where("rank <= 10")
 show(
     cowatch.join(titles.withColumnRenamed("video_id", "neighbor_id"), "neighbor_id", "left")
-    .select("video_id", "rank", "title", "cowatch_users", F.round("score", 3).alias("score"))
+    .select("video_id", "rank", "title", "cowatch_user_days", F.round("score", 3).alias("score"))
     .orderBy("rank")
 )
 
