@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -159,8 +159,9 @@ class EventsConfig(_Strict):
     )
     dates: str | None = Field(
         default=None,
-        pattern=r"^\d{4}-\d{2}-\d{2}(\.\.\d{4}-\d{2}-\d{2})?$",
-        description="Ingest only events on these UTC dates: YYYY-MM-DD or YYYY-MM-DD..YYYY-MM-DD (inclusive)",
+        pattern=r"^(yesterday|today|\d{4}-\d{2}-\d{2}(\.\.\d{4}-\d{2}-\d{2})?)$",
+        description="Ingest only events on these UTC dates: YYYY-MM-DD, YYYY-MM-DD..YYYY-MM-DD (inclusive), "
+        "or yesterday / today (UTC, when the job runs)",
     )
     date_column: str | None = Field(
         default=None,
@@ -177,6 +178,9 @@ class EventsConfig(_Strict):
         """`dates` as (first, last), both included; None when unset."""
         if self.dates is None:
             return None
+        if self.dates in ("yesterday", "today"):
+            day = datetime.now(UTC).date() - timedelta(days=self.dates == "yesterday")
+            return day, day
         first, _, last = self.dates.partition("..")
         bounds = (date.fromisoformat(first), date.fromisoformat(last or first))
         if bounds[0] > bounds[1]:

@@ -51,7 +51,7 @@ def _neighbours(store: TableStore, table: TableSpec, video_ids: list[str], top: 
     for vid in video_ids:
         lines.append(f'  like "{names.get(vid, vid)}":')
         for r in by_video.get(vid, []):
-            extra = f", {r['cowatch_user_days']:,} co-watchers" if "cowatch_user_days" in r else ""
+            extra = f", {r['cowatch_user_days']:,} co-watching user-days" if "cowatch_user_days" in r else ""
             lines.append(f"    {r['rank']:>2}. {r['title']}  ({r['score']:.3f}{extra})")
     return lines
 
