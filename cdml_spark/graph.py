@@ -216,10 +216,11 @@ def _carried(
     user: np.ndarray, day: np.ndarray, video: np.ndarray, ts: np.ndarray, window: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step 3's exposures on later days: (user, day, video) where the video is not kept that day but
-    a kept watch of it lies at most `window` before the user's first kept watch of the day."""
-    (groups,), _ = group_sum([_user_day(user, day)])
-    first_watch = np.full(len(groups), np.iinfo(np.int64).max)
-    np.minimum.at(first_watch, np.searchsorted(groups, _user_day(user, day)), ts)
+    a kept watch of it lies at most `window` before the user's first kept watch of the day. The kept
+    rows come sorted by (user, day, ts desc)."""
+    key = _user_day(user, day)
+    last_of_group = np.r_[key[1:] != key[:-1], True]
+    groups, first_watch = key[last_of_group], ts[last_of_group]  # ascending keys; earliest watch
     found = []
     for ahead in range(1, math.ceil(window / DAY_US) + 1):
         target = _user_day(user, day + ahead)
