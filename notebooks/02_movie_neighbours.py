@@ -96,7 +96,7 @@ for label, example in examples.items():
     first = rows.first()
     print(
         f"{label}: {example} (co-watch support {first['video_support']}, "
-        f"co-watch weight {first['cowatch_weight']})"
+        f"co-watch weight {first['cowatch_weight']:.2f})"
     )
     cell = F.concat_ws(" · ", "title", "source", F.format_number("score", 3)).alias(label)
     columns.append(rows.where("rank <= 10").select("rank", cell))

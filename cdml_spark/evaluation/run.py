@@ -64,6 +64,7 @@ from cdml_spark.evaluation.tasks import (
     MetricRow,
     classification,
     recommendation,
+    related_method,
     related_scorers,
     retrieval,
     scorers,
@@ -195,7 +196,9 @@ def _evaluate_protocol(
     split.unpersist()
     counts["seconds"] = round(time.time() - started, 1)
     log.info("evaluate %s / %s: %s", dataset, protocol, counts)
-    versions = {method: version for method, (version, _) in models.items()}
+    versions = {
+        m: version for method, (version, _) in models.items() for m in (method, related_method(method))
+    }
     meta = {"dataset": dataset, "protocol": protocol}
     return [{**asdict(r), **meta, "model_version": versions.get(r.method)} for r in rows], counts
 

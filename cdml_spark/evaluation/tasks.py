@@ -35,6 +35,7 @@ __all__ = [
     "Users",
     "classification",
     "recommendation",
+    "related_method",
     "related_scorers",
     "retrieval",
     "scorers",
@@ -117,6 +118,11 @@ def scorers(catalog: Catalog, vectors: dict[str, np.ndarray], seed: int) -> dict
     return out
 
 
+def related_method(vector_method: str) -> str:
+    """The blend method of a `cdml_<fusion>` vector method: `related_<fusion>`."""
+    return vector_method.replace("cdml_", "related_", 1)
+
+
 def related_scorers(
     catalog: Catalog, vectors: dict[str, np.ndarray], half_weight: float
 ) -> dict[str, Scorer]:
@@ -135,7 +141,7 @@ def related_scorers(
         return score
 
     return {
-        name.replace("cdml_", "related_", 1): related_scorer(matrix)
+        related_method(name): related_scorer(matrix)
         for name, matrix in vectors.items()
         if name.startswith("cdml_")
     }
