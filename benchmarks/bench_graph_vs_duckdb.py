@@ -23,7 +23,7 @@ import duckdb
 from cdml_spark.cli import setup_logging
 from cdml_spark.config import GraphConfig, load_config
 from cdml_spark.events import run_ingest
-from cdml_spark.graph import build_graph
+from cdml_spark.graph import DAY_US, build_graph, lookback_days, window_us
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import COWATCH_EDGES, WATCH_EVENTS, TableStore
 from cdml_spark.training.loader import snapshot_files
@@ -36,38 +36,49 @@ WORKLOAD = [
     "graph.min_users=3",
 ]
 
-# The graph rule of cdml_spark.graph (module docstring) in plain SQL; pruning videos below min_users
-# before pairing is the same a-priori step ours takes.
+# The graph rule of cdml_spark.graph (module docstring: per (user, UTC day) kept rows, exposures,
+# pairs counted once per (user, later watch's day)) in plain SQL over every day; pruning videos
+# below min_users before pairing is the same a-priori step ours takes.
 GRAPH_SQL = """
-CREATE TEMP TABLE history AS
-SELECT user_id, video_id, ts_us FROM (
-    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY ts_us DESC, video_id) AS n
-    FROM (SELECT user_id, video_id, max(epoch_us(event_ts)) AS ts_us FROM events GROUP BY ALL)
+CREATE TEMP TABLE kept AS
+SELECT user_id, video_id, day, ts_us FROM (
+    SELECT *, row_number() OVER (PARTITION BY user_id, day ORDER BY ts_us DESC, video_id) AS n
+    FROM (SELECT user_id, video_id, ts_us // {day_us} AS day, max(ts_us) AS ts_us
+          FROM (SELECT user_id, video_id, epoch_us(event_ts) AS ts_us FROM events) GROUP BY ALL)
 ) WHERE n <= {max_history};
-CREATE TEMP TABLE users AS SELECT video_id, count(*) AS history_users FROM history GROUP BY ALL;
+CREATE TEMP TABLE users AS
+WITH firsts AS (SELECT user_id, day, min(ts_us) AS first_us FROM kept GROUP BY ALL)
+SELECT video_id, count(*) AS user_days FROM (
+    SELECT user_id, video_id, day FROM kept
+    UNION
+    SELECT k.user_id, k.video_id, f.day FROM kept k JOIN firsts f
+      ON f.user_id = k.user_id AND f.day > k.day AND f.day <= k.day + {lookback}
+     AND f.first_us - k.ts_us <= {window_us}
+) GROUP BY ALL;
 CREATE TEMP TABLE pairs AS
-WITH kept AS (
-    SELECT h.* FROM history h JOIN users u USING (video_id) WHERE u.history_users >= {min_users}
-)
-SELECT a.video_id AS video_a, b.video_id AS video_b, count(*) AS cowatch_users
-FROM kept a JOIN kept b
-  ON a.user_id = b.user_id AND a.video_id < b.video_id AND abs(a.ts_us - b.ts_us) <= {window_us}
-GROUP BY ALL HAVING count(*) >= {min_users};
+WITH k AS (SELECT kept.* FROM kept JOIN users u USING (video_id) WHERE u.user_days >= {min_users})
+SELECT video_a, video_b, count(*) AS cowatch_user_days FROM (
+    SELECT DISTINCT a.user_id, least(a.video_id, b.video_id) AS video_a,
+           greatest(a.video_id, b.video_id) AS video_b, b.day
+    FROM k a JOIN k b
+      ON a.user_id = b.user_id AND a.video_id <> b.video_id AND b.ts_us >= a.ts_us
+     AND b.ts_us - a.ts_us <= {window_us}
+) GROUP BY ALL HAVING count(*) >= {min_users};
 COPY (
     SELECT * FROM (
         SELECT p.video_id, p.neighbor_id, row_number() OVER (
                    PARTITION BY p.video_id
-                   ORDER BY p.cowatch_users / sqrt(v.history_users * n.history_users) DESC,
-                            p.cowatch_users DESC, p.neighbor_id) AS rank,
-               p.cowatch_users, p.cowatch_users / sqrt(v.history_users * n.history_users) AS score,
-               v.history_users AS video_users, n.history_users AS neighbor_users
-        FROM (SELECT video_a AS video_id, video_b AS neighbor_id, cowatch_users FROM pairs
-              UNION ALL SELECT video_b, video_a, cowatch_users FROM pairs) p
+                   ORDER BY p.cowatch_user_days / sqrt(v.user_days * n.user_days) DESC,
+                            p.cowatch_user_days DESC, p.neighbor_id) AS rank,
+               p.cowatch_user_days, p.cowatch_user_days / sqrt(v.user_days * n.user_days) AS score,
+               v.user_days AS video_user_days, n.user_days AS neighbor_user_days
+        FROM (SELECT video_a AS video_id, video_b AS neighbor_id, cowatch_user_days FROM pairs
+              UNION ALL SELECT video_b, video_a, cowatch_user_days FROM pairs) p
         JOIN users v ON v.video_id = p.video_id JOIN users n ON n.video_id = p.neighbor_id
     ) WHERE rank <= {max_neighbors}
 ) TO '{out}/cowatch_edges.parquet' (FORMAT parquet);
 COPY (
-    SELECT e.*, coalesce(u.history_users, 0) AS history_users, coalesce(c.neighbors, 0) AS neighbors
+    SELECT e.*, coalesce(u.user_days, 0) AS user_days, coalesce(c.neighbors, 0) AS neighbors
     FROM (SELECT video_id, count(*) AS events, count(DISTINCT user_id) AS users,
                  min(event_ts) AS first_watch, max(event_ts) AS last_watch FROM events GROUP BY ALL) e
     LEFT JOIN users u USING (video_id)
@@ -88,7 +99,9 @@ def duckdb_graph(files: list[str], params: GraphConfig, out: str, threads: int) 
         GRAPH_SQL.format(
             max_history=params.max_history,
             min_users=params.min_users,
-            window_us=max(1, round(params.cowatch_window_hours * 3600 * 1_000_000)),
+            window_us=window_us(params),
+            day_us=DAY_US,
+            lookback=lookback_days(params),
             max_neighbors=params.max_neighbors,
             out=out,
         )
@@ -104,7 +117,7 @@ def edge_differences(ours: list[str], theirs: str) -> tuple[int, int, float]:
     paths = ", ".join(f"'{f.removeprefix('file:')}'" for f in ours)
     con.execute(f"CREATE VIEW ours AS SELECT * FROM read_parquet([{paths}])")
     con.execute(f"CREATE VIEW theirs AS SELECT * FROM read_parquet('{theirs}')")
-    cols = "video_id, neighbor_id, rank, cowatch_users"
+    cols = "video_id, neighbor_id, rank, cowatch_user_days"
     only_ours = con.execute(
         f"SELECT count(*) FROM (SELECT {cols} FROM ours EXCEPT ALL SELECT {cols} FROM theirs)"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -159,7 +159,40 @@ class EventsConfig(_Strict):
     max_quarantine_fraction: float = Field(
         default=0.01, ge=0, le=1, description="Ingest refuses input with a larger share of invalid rows"
     )
+    mode: Literal["replace", "append"] = Field(
+        default="replace",
+        description="replace: watch_events becomes the input; append: only the input's UTC dates (or "
+        "events.dates) are replaced, so rerunning a day changes nothing",
+    )
+    dates: str | None = Field(
+        default=None,
+        pattern=r"^(yesterday|today|\d{4}-\d{2}-\d{2}(\.\.\d{4}-\d{2}-\d{2})?)$",
+        description="Ingest only events on these UTC dates: YYYY-MM-DD, YYYY-MM-DD..YYYY-MM-DD (inclusive), "
+        "or yesterday / today (UTC, when the job runs)",
+    )
+    date_column: str | None = Field(
+        default=None,
+        description="Date partition column of a path source: with events.dates only those partitions are read",
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("dates", mode="before")
+    @classmethod
+    def _date_as_text(cls, value: object) -> object:
+        return value.isoformat() if isinstance(value, date) else value  # YAML reads 2026-01-02 as a date
+
+    def date_range(self) -> tuple[date, date] | None:
+        """`dates` as (first, last), both included; None when unset."""
+        if self.dates is None:
+            return None
+        if self.dates in ("yesterday", "today"):
+            day = datetime.now(UTC).date() - timedelta(days=self.dates == "yesterday")
+            return day, day
+        first, _, last = self.dates.partition("..")
+        bounds = (date.fromisoformat(first), date.fromisoformat(last or first))
+        if bounds[0] > bounds[1]:
+            raise ConfigError(f"events.dates={self.dates!r}: the first date is after the last")
+        return bounds
 
 
 class GraphConfig(_Strict):
@@ -179,6 +212,17 @@ class GraphConfig(_Strict):
         default=4_000_000,
         ge=1,
         description="Most events one task holds in the per-user step (sets its tasks)",
+    )
+    window_days: int | None = Field(
+        default=None, ge=1, description="UTC days in the graph's window, ending at as_of; null = every day"
+    )
+    as_of: date | None = Field(
+        default=None, description="Last day of the window; null = the latest event's day"
+    )
+    mode: Literal["full", "incremental"] = Field(
+        default="full",
+        description="full: recompute the window from watch_events; incremental: keep per-day counts "
+        "(cowatch_daily_*) and compute only new or changed days (same edges)",
     )
 
 
@@ -233,8 +277,9 @@ class FeaturesConfig(_Strict):
 
 
 class TripletsConfig(_Strict):
-    weight: Literal["score", "cowatch_users"] = Field(
-        default="cowatch_users", description="Edge weight for positives (the sweep: cowatch_users > score)"
+    weight: Literal["score", "cowatch_user_days"] = Field(
+        default="cowatch_user_days",
+        description="Edge weight for positives (the sweep: cowatch_user_days > score)",
     )
     positives_per_anchor: int = Field(
         default=20, ge=1, description="Cap on positives sampled per anchor, so popular videos do not dominate"
@@ -372,7 +417,7 @@ class RelatedConfig(_Strict):
     support_half_weight: float = Field(
         default=20.0,
         gt=0,
-        description="k of the co-watch weight w(s) = s / (s + k), s = the video's history_users: the "
+        description="k of the co-watch weight w(s) = s / (s + k), s = the video's video_stats.user_days: the "
         "support at which co-watch and embedding scores weigh the same (20: the best of 1-5000 on ML-1M "
         "validation data, benchmarks/calibrate_related.py)",
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, date
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -18,7 +18,7 @@ from pyspark.sql import types as T
 
 from cdml_spark.config import AppConfig, EventsConfig
 from cdml_spark.datasets import MOVIELENS, movielens_events
-from cdml_spark.errors import InputSchemaError
+from cdml_spark.errors import InputSchemaError, RefusedWrite
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore, check_quarantine
 
 __all__ = ["IngestReport", "ingest_events", "read_events_source", "run_ingest", "validate_events"]
@@ -33,6 +33,7 @@ class IngestReport:
     input_rows: int
     quarantined: dict[str, int]
     duplicates_dropped: int
+    outside_dates: int
     written: int
     seconds: float
 
@@ -40,7 +41,7 @@ class IngestReport:
         reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.quarantined.items())) or "none"
         return (
             f"input {self.input_rows:,} rows; written {self.written:,}; duplicates dropped "
-            f"{self.duplicates_dropped:,}; quarantined {sum(self.quarantined.values()):,} ({reasons}); "
+            f"{self.duplicates_dropped:,}; outside events.dates {self.outside_dates:,}; quarantined {sum(self.quarantined.values()):,} ({reasons}); "
             f"{self.seconds:.1f}s ({self.input_rows / max(self.seconds, 1e-9):,.0f} rows/s)"
         )
 
@@ -60,6 +61,13 @@ def read_events_source(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     if ev.format == "csv":
         reader = reader.option("header", "true")
     raw = reader.load(ev.path)
+    if ev.date_column and ev.date_range():
+        if ev.date_column not in raw.columns:
+            raise InputSchemaError(
+                f"events.date_column {ev.date_column!r} not found; input has {raw.columns}"
+            )
+        first, last = ev.date_range()
+        raw = raw.where(F.col(f"`{ev.date_column}`").cast("date").between(first, last))  # partition pruning
     return _rename_columns(raw, ev)
 
 
@@ -162,43 +170,70 @@ def validate_events(df: DataFrame, ev: EventsConfig) -> DataFrame:
 def ingest_events(
     spark: SparkSession, cfg: AppConfig, source: DataFrame, run_id: str | None = None
 ) -> IngestReport:
-    """Validate `source` (canonical column names) and replace `watch_events` and its quarantine."""
+    """Validate `source` (canonical column names) and write `watch_events` and its quarantine:
+    `events.mode=replace` replaces the table; `append` replaces only the UTC dates the input holds
+    (all of `events.dates` when set), so rerunning a day changes nothing. Valid events outside
+    `events.dates` are skipped and counted."""
     start = time.time()
-    checked = validate_events(source, cfg.events)  # raises before any write
+    ev = cfg.events
+    checked = validate_events(source, ev).withColumn("event_date", F.to_date("event_ts"))  # raises first
+    dates = ev.date_range()
+    outside = F.lit(False)
+    if dates:
+        outside = F.col("reason").isNull() & ~F.col("event_date").between(*dates)
     store = TableStore(spark, cfg.storage)
-    lineage = Lineage.new("ingest_events", cfg.events.model_dump(), run_id)
+    lineage = Lineage.new("ingest_events", ev.model_dump(), run_id)
     valid = (
-        checked.where(F.col("reason").isNull())
+        checked.where(F.col("reason").isNull() & ~outside)
         .drop("reason")
         .dropDuplicates(list(_EVENT_COLUMNS))
-        .withColumn("event_date", F.to_date("event_ts"))
         .repartitionByRange("event_ts")  # files cover disjoint time ranges: time filters skip files
     )
-    log.info("ingest: source=%s run_id=%s", cfg.events.source, lineage.run_id)
-    quarantined = {r["reason"]: r["count"] for r in checked.groupBy("reason").count().collect()}
-    input_rows = quarantined.pop(None, 0) + sum(quarantined.values())
-    counts = {"input_rows": input_rows, "quarantined": quarantined}
+    log.info("ingest: source=%s mode=%s dates=%s run_id=%s", ev.source, ev.mode, ev.dates, lineage.run_id)
+    counted = checked.groupBy("reason", outside.alias("outside")).count().collect()
+    quarantined: dict[str, int] = {}
+    for r in counted:
+        if r["reason"] is not None:
+            quarantined[r["reason"]] = r["count"]
+    input_rows = sum(r["count"] for r in counted)
+    outside_rows = sum(r["count"] for r in counted if r["outside"])
+    counts = {"input_rows": input_rows, "quarantined": quarantined, "outside_dates": outside_rows}
     if input_rows:  # the quarantine always describes the latest input, refused or not
         store.write(
-            WATCH_EVENTS_QUARANTINE, checked.where(F.col("reason").isNotNull()), lineage, counts=counts
+            WATCH_EVENTS_QUARANTINE,
+            checked.where(F.col("reason").isNotNull()).drop("event_date"),
+            lineage,
+            counts=counts,
         )
     check_quarantine(
         store.qualified(WATCH_EVENTS),
         input_rows,
         quarantined,
-        cfg.events.max_quarantine_fraction,
+        ev.max_quarantine_fraction,
         "events.max_quarantine_fraction",
     )
-    written = store.write(WATCH_EVENTS, valid, lineage, counts=counts)
+    replaced = _replaced_dates(valid, dates) if ev.mode == "append" and store.exists(WATCH_EVENTS) else None
+    written = store.write(WATCH_EVENTS, valid, lineage, counts=counts, replace_where=replaced)
     report = IngestReport(
         input_rows=input_rows,
         quarantined=quarantined,
-        duplicates_dropped=input_rows - written - sum(quarantined.values()),
+        duplicates_dropped=input_rows - outside_rows - written - sum(quarantined.values()),
+        outside_dates=outside_rows,
         written=written,
         seconds=time.time() - start,
     )
-    log.info("ingest: %s", report.summary())
+    log.info("ingest: %s%s", report.summary(), f"; replaced {replaced}" if replaced else "")
     return report
+
+
+def _replaced_dates(valid: DataFrame, dates: tuple[date, date] | None) -> str:
+    """The `watch_events` rows an append replaces: `events.dates`, else the input's own dates."""
+    if dates:
+        return f"event_date BETWEEN DATE'{dates[0]}' AND DATE'{dates[1]}'"
+    present = sorted(r["event_date"] for r in valid.select("event_date").distinct().collect())
+    if not present:
+        raise RefusedWrite("watch_events not changed: the input has no valid event to append")
+    return "event_date IN (" + ", ".join(f"DATE'{d}'" for d in present) + ")"
 
 
 def run_ingest(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> IngestReport:

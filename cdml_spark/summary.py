@@ -57,7 +57,7 @@ def _neighbours(store: TableStore, table: TableSpec, video_ids: list[str], top: 
             + (f" (co-watch weight {listed[0]['cowatch_weight']:.2f}):" if weight else ":")
         )
         for r in listed:
-            extra = f", {r['cowatch_users']:,} co-watchers" if "cowatch_users" in r else ""
+            extra = f", {r['cowatch_user_days']:,} co-watching user-days" if "cowatch_user_days" in r else ""
             extra += f", {r['source']}" if "source" in r else ""
             lines.append(f"    {r['rank']:>2}. {r['title']}  ({r['score']:.3f}{extra})")
     return lines

@@ -30,6 +30,9 @@ from cdml_spark.errors import RefusedWrite
 
 __all__ = [
     "ALL_TABLE_NAMES",
+    "COWATCH_DAILY_PAIRS",
+    "COWATCH_DAILY_VIDEOS",
+    "COWATCH_DAYS",
     "COWATCH_EDGES",
     "EVAL_METRICS",
     "FAULT_HOLD_ENV",
@@ -108,30 +111,73 @@ WATCH_EVENTS_QUARANTINE = TableSpec(
 
 COWATCH_EDGES = TableSpec(
     "cowatch_edges",
-    "Co-watch graph: for each video its top-N co-watched videos (directed rows, ranked).",
+    "Co-watch graph over the window's days: for each video its top-N co-watched videos (directed, ranked).",
     (
         _field("video_id", T.StringType(), "The video", False),
         _field("neighbor_id", T.StringType(), "A co-watched video", False),
         _field("rank", T.IntegerType(), "1 = strongest neighbour of video_id", False),
-        _field("cowatch_users", T.LongType(), "Distinct users who watched both within the window", False),
-        _field("score", T.DoubleType(), "cowatch_users / sqrt(video_users * neighbor_users) (cosine)", False),
-        _field("video_users", T.LongType(), "Users with video_id in their kept history", False),
-        _field("neighbor_users", T.LongType(), "Users with neighbor_id in their kept history", False),
+        _field(
+            "cowatch_user_days", T.LongType(), "(user, day)s that watched both within the window hours", False
+        ),
+        _field(
+            "score", T.DoubleType(), "cowatch_user_days / sqrt(video_user_days * neighbor_user_days)", False
+        ),
+        _field("video_user_days", T.LongType(), "(user, day)s with video_id exposed (see graph.py)", False),
+        _field("neighbor_user_days", T.LongType(), "(user, day)s with neighbor_id exposed", False),
     ),
 )
 
 VIDEO_STATS = TableSpec(
     "video_stats",
-    "Per-video watch statistics from watch_events and the co-watch graph.",
+    "Per-video watch statistics over the co-watch graph's window of days.",
     (
         _field("video_id", T.StringType(), "The video", False),
         _field("events", T.LongType(), "Watch events", False),
         _field("users", T.LongType(), "Distinct users", False),
-        _field("history_users", T.LongType(), "Users with the video among their max_history kept", False),
+        _field("user_days", T.LongType(), "(user, day)s with the video exposed (c_i of the cosine)", False),
         _field("first_watch", T.TimestampType(), "Earliest watch, UTC", False),
         _field("last_watch", T.TimestampType(), "Latest watch, UTC", False),
         _field("neighbors", T.LongType(), "Rows for this video in cowatch_edges", False),
     ),
+)
+
+COWATCH_DAILY_PAIRS = TableSpec(
+    "cowatch_daily_pairs",
+    "graph.mode=incremental: per UTC day, users who co-watched each pair that day (all pairs, no threshold).",
+    (
+        _field("day", T.DateType(), "Day of the pair's later watch", False),
+        _field("key_a", T.LongType(), "xxhash64 of one video id (key_a < key_b)", False),
+        _field("key_b", T.LongType(), "xxhash64 of the other video id", False),
+        _field("cowatch_users", T.LongType(), "Users who co-watched the pair that day", False),
+    ),
+    partition_by=("day",),
+    guarded=False,  # a day may have no pairs
+)
+
+COWATCH_DAILY_VIDEOS = TableSpec(
+    "cowatch_daily_videos",
+    "graph.mode=incremental: per UTC day, users with each video exposed that day (graph.py, step 3).",
+    (
+        _field("day", T.DateType(), "The day", False),
+        _field("video_id", T.StringType(), "The video", False),
+        _field("key", T.LongType(), "xxhash64 of video_id (the key in cowatch_daily_pairs)", False),
+        _field("exposed_users", T.LongType(), "Users with the video exposed that day", False),
+    ),
+    partition_by=("day",),
+    guarded=False,
+)
+
+COWATCH_DAYS = TableSpec(
+    "cowatch_days",
+    "graph.mode=incremental: the days held in cowatch_daily_* and the inputs each was computed from.",
+    (
+        _field("day", T.DateType(), "The day", False),
+        _field(
+            "inputs_hash", T.StringType(), "Hash of the graph parameters and of the day's input events", False
+        ),
+        _field("events", T.LongType(), "watch_events rows on the day", False),
+    ),
+    guarded=False,
 )
 
 VIDEO_FEATURES_QUARANTINE = TableSpec(
@@ -257,7 +303,7 @@ RELATED_VIDEOS = TableSpec(
         _field(
             "cowatch_weight",
             T.DoubleType(),
-            "w = s / (s + related.support_half_weight), s = video_stats.history_users of video_id",
+            "w = s / (s + related.support_half_weight), s = video_stats.user_days of video_id",
             False,
         ),
         _field("model_version", T.StringType(), "Model of the embeddings", False),
@@ -314,6 +360,9 @@ ALL_TABLE_NAMES = tuple(
         WATCH_EVENTS_QUARANTINE,
         COWATCH_EDGES,
         VIDEO_STATS,
+        COWATCH_DAILY_PAIRS,
+        COWATCH_DAILY_VIDEOS,
+        COWATCH_DAYS,
         video_features_spec(()),
         VIDEO_FEATURES_QUARANTINE,
         VIDEO_SPLITS,
@@ -525,12 +574,15 @@ class TableStore:
         lineage: Lineage,
         inputs: dict | None = None,
         counts: dict | None = None,
+        replace_where: str | None = None,
     ) -> int:
         """Replace `spec`'s table with `df` (cast to the spec's columns, with their comments) plus lineage,
         in one atomic commit; returns the rows written. The commit's userMetadata (JSON) holds the run id,
         the row count, `counts` (e.g. quarantined rows) and `inputs` (e.g. the Delta versions read; read
         back by `commit_inputs`). A guarded spec's write is refused (`RefusedWrite`, table untouched)
-        when `df` is empty or has fewer than `storage.min_row_ratio` × the current version's rows."""
+        when `df` is empty or has fewer than `storage.min_row_ratio` × the current version's rows.
+        With `replace_where` (a SQL condition) only the rows matching it are replaced (Delta
+        replaceWhere; `df` must match it too) and the guard compares with those rows."""
         missing = [f.name for f in spec.fields if f.name not in df.columns]
         if missing:
             raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
@@ -541,13 +593,15 @@ class TableStore:
         try:
             rows = out.count()
             if spec.guarded:
-                self._check_rows(spec, rows)
+                self._check_rows(spec, rows, replace_where)
             self._create_or_migrate(spec)
             metadata = {"run_id": lineage.run_id, "rows": rows, **(counts or {}), **(inputs or {})}
             writer = (
                 _fault_hold(spec, out).write.format("delta").mode("overwrite").partitionBy(*spec.partition_by)
             )
             writer = writer.option("userMetadata", json.dumps(metadata, default=str))
+            if replace_where:
+                writer = writer.option("replaceWhere", replace_where)
             if self.local:
                 writer.save(self.path(spec))
             else:
@@ -557,10 +611,14 @@ class TableStore:
         log.info("%s: %s rows written (v%s)", self.qualified(spec), f"{rows:,}", self.version(spec))
         return rows
 
-    def _check_rows(self, spec: TableSpec, rows: int) -> None:
-        """Refuse an empty result, or one under `min_row_ratio` × the current version's rows."""
-        current = self.read(spec).count() if self.exists(spec) else 0  # Delta answers from file stats
-        where = f"{self.qualified(spec)} not replaced"
+    def _check_rows(self, spec: TableSpec, rows: int, replace_where: str | None = None) -> None:
+        """Refuse an empty result, or one under `min_row_ratio` × the current version's rows (those
+        matching `replace_where`, when given)."""
+        current = 0
+        if self.exists(spec):  # Delta answers a plain count from file stats
+            table = self.read(spec)
+            current = (table.where(replace_where) if replace_where else table).count()
+        where = f"{self.qualified(spec)} not replaced" + (f" where {replace_where}" if replace_where else "")
         if rows == 0:
             held = (
                 f"it stays at v{self.version(spec)} with {current:,} rows" if current else "it is left as is"

@@ -45,7 +45,7 @@ print("video_id:", video_id)
 cowatch = store.read(COWATCH_EDGES).where(F.col("video_id") == video_id).where("rank <= 10")
 show(
     cowatch.join(titles.withColumnRenamed("video_id", "neighbor_id"), "neighbor_id", "left")
-    .select("video_id", "rank", "title", "cowatch_users", F.round("score", 3).alias("score"))
+    .select("video_id", "rank", "title", "cowatch_user_days", F.round("score", 3).alias("score"))
     .orderBy("rank")
 )
 
@@ -86,7 +86,7 @@ stats = store.read(VIDEO_STATS)
 half = cfg.related.support_half_weight
 examples = {
     "popular": video_id,
-    "long tail": stats.orderBy(F.abs(F.col("history_users") - half), "video_id").first()["video_id"],
+    "long tail": stats.orderBy(F.abs(F.col("user_days") - half), "video_id").first()["video_id"],
 }
 if cold:
     examples["never watched"] = cold["video_id"]

@@ -7,7 +7,7 @@ SELECT r.rank,
        ROUND(r.score, 3) AS score,
        r.source,
        ROUND(r.cowatch_weight, 2) AS cowatch_weight,
-       COALESCE(s.history_users, 0) AS video_support
+       COALESCE(s.user_days, 0) AS video_support
 FROM ${db}.related_videos r
 LEFT JOIN ${db}.video_metadata m ON m.video_id = r.neighbor_id
 LEFT JOIN ${db}.video_stats s ON s.video_id = r.video_id

@@ -4,7 +4,55 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+
+Day = date | None
+
+
+def _kept_watches(
+    events: list[tuple[str, str, datetime]], max_history: int
+) -> dict[str, list[tuple[str, datetime]]]:
+    """user -> kept (video, latest watch that day): per (user, UTC day) the max_history most recent."""
+    latest: dict[tuple[str, date], dict[str, datetime]] = defaultdict(dict)
+    for user, video, ts in events:
+        day = ts.astimezone(UTC).date()
+        if video not in latest[(user, day)] or ts > latest[(user, day)][video]:
+            latest[(user, day)][video] = ts
+    kept: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+    for (user, _), watched in latest.items():
+        kept[user] += sorted(watched.items(), key=lambda kv: (-kv[1].timestamp(), kv[0]))[:max_history]
+    return kept
+
+
+def _in_days(day: date, first: Day, last: Day) -> bool:
+    return (first is None or day >= first) and (last is None or day <= last)
+
+
+def brute_force_counts(
+    events: list[tuple[str, str, datetime]], max_history: int, window_hours: float, first: Day, last: Day
+) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """(c_ij per pair (a < b), c_i per video) over the days first..last, from graph.py's definition."""
+    window = timedelta(hours=window_hours)
+    pair_days: set[tuple[str, date, str, str]] = set()
+    exposed: set[tuple[str, date, str]] = set()
+    for user, kept in _kept_watches(events, max_history).items():
+        for vi, ti in kept:
+            exposed.add((user, ti.astimezone(UTC).date(), vi))
+            for vj, tj in kept:
+                if tj >= ti and tj - ti <= window:  # a later (or equal) watch within the window
+                    day = tj.astimezone(UTC).date()
+                    exposed.add((user, day, vi))
+                    if vi != vj:
+                        pair_days.add((user, day, min(vi, vj), max(vi, vj)))
+    pair_users: dict[tuple[str, str], int] = defaultdict(int)
+    for _, day, a, b in pair_days:
+        if _in_days(day, first, last):
+            pair_users[(a, b)] += 1
+    user_days: dict[str, int] = defaultdict(int)
+    for _, day, video in exposed:
+        if _in_days(day, first, last):
+            user_days[video] += 1
+    return pair_users, user_days
 
 
 def brute_force_edges(
@@ -13,26 +61,15 @@ def brute_force_edges(
     window_hours: float,
     min_users: int,
     max_neighbors: int,
+    first: Day = None,
+    last: Day = None,
 ) -> dict[tuple[str, str], tuple[int, int, float]]:
-    """(video, neighbor) -> (rank, cowatch_users, score), straight from the definition in graph.py."""
-    latest: dict[str, dict[str, datetime]] = defaultdict(dict)
-    for user, video, ts in events:
-        if video not in latest[user] or ts > latest[user][video]:
-            latest[user][video] = ts
-    pair_users: dict[tuple[str, str], int] = defaultdict(int)
-    history_users: dict[str, int] = defaultdict(int)
-    for watched in latest.values():
-        kept = sorted(watched.items(), key=lambda kv: (-kv[1].timestamp(), kv[0]))[:max_history]
-        for video, _ in kept:
-            history_users[video] += 1
-        for i, (vi, ti) in enumerate(kept):
-            for vj, tj in kept[i + 1 :]:
-                if abs((ti - tj).total_seconds()) <= window_hours * 3600:
-                    pair_users[(min(vi, vj), max(vi, vj))] += 1
+    """(video, neighbor) -> (rank, cowatch_user_days, score), straight from the definition in graph.py."""
+    pair_users, user_days = brute_force_counts(events, max_history, window_hours, first, last)
     candidates: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     for (a, b), count in pair_users.items():
         if count >= min_users:
-            score = count / math.sqrt(history_users[a] * history_users[b])
+            score = count / math.sqrt(user_days[a] * user_days[b])
             candidates[a].append((score, count, b))
             candidates[b].append((score, count, a))
     edges = {}
@@ -44,23 +81,24 @@ def brute_force_edges(
 
 
 def brute_force_stats(
-    events: list[tuple[str, str, datetime]], max_history: int
+    events: list[tuple[str, str, datetime]],
+    max_history: int,
+    window_hours: float,
+    first: Day = None,
+    last: Day = None,
 ) -> dict[str, tuple[int, int, int, datetime, datetime]]:
-    """video -> (events, users, history_users, first_watch, last_watch); exact duplicate events count once."""
+    """video -> (events, users, user_days, first_watch, last_watch) over the days first..last;
+    exact duplicate events count once."""
+    _, user_days = brute_force_counts(events, max_history, window_hours, first, last)
     watches: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
-    latest: dict[str, dict[str, datetime]] = defaultdict(dict)
     for user, video, ts in set(events):
-        watches[video].append((user, ts))
-        latest[user][video] = max(ts, latest[user].get(video, ts))
-    history_users: dict[str, int] = defaultdict(int)
-    for watched in latest.values():
-        for video, _ in sorted(watched.items(), key=lambda kv: (-kv[1].timestamp(), kv[0]))[:max_history]:
-            history_users[video] += 1
+        if _in_days(ts.astimezone(UTC).date(), first, last):
+            watches[video].append((user, ts))
     return {
         video: (
             len(rows),
             len({user for user, _ in rows}),
-            history_users[video],
+            user_days[video],
             min(ts for _, ts in rows),
             max(ts for _, ts in rows),
         )

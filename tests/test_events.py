@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
-from cdml_spark.errors import InputSchemaError
+from cdml_spark.errors import InputSchemaError, RefusedWrite
 from cdml_spark.events import ingest_events, read_events_source, run_ingest, validate_events
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore
 
@@ -241,3 +241,42 @@ def test_numeric_epoch_seconds_in_parquet_and_delta(spark, cfg_factory, tmp_path
         "c": (_epoch_s(1_700_000_000, 123_456), None),
         "d": (None, "invalid_event_ts"),
     }
+
+
+def test_append_replaces_only_its_dates_and_reads_only_requested_partitions(spark, cfg_factory, tmp_path):
+    """events.mode=append: a day's rerun changes nothing, a corrected day replaces only that day,
+    events outside events.dates are counted and skipped, and a date-partitioned source is pruned."""
+    day = [TS + timedelta(days=d) for d in range(3)]
+    rows = [
+        (f"u{i}", f"v{i % 3}", day[d] + timedelta(minutes=i), 5.0, str(day[d].date()))
+        for d in range(3)
+        for i in range(4)
+    ]
+    src = str(tmp_path / "log")
+    spark.createDataFrame(rows, SCHEMA + ", date string").write.partitionBy("date").parquet(src)
+    source = ["events.source=path", f"events.path={src}", "events.date_column=date"]
+    store = TableStore(spark, cfg_factory().storage)
+
+    def ingest(dates: str, *extra: str):
+        return run_ingest(spark, cfg_factory(*source, "events.mode=append", f"events.dates={dates}", *extra))
+
+    assert ingest(f"{day[0].date()}..{day[1].date()}").written == 8
+    version = store.version(WATCH_EVENTS)
+    report = ingest(str(day[2].date()))
+    assert (report.input_rows, report.written, report.outside_dates) == (4, 4, 0)  # one partition read
+    assert store.read(WATCH_EVENTS).count() == 12 and store.version(WATCH_EVENTS) == version + 1
+    before = sorted(store.read(WATCH_EVENTS).drop("run_id", "built_at", "params_hash").collect())
+    ingest(str(day[2].date()))  # rerun of the same day
+    assert sorted(store.read(WATCH_EVENTS).drop("run_id", "built_at", "params_hash").collect()) == before
+
+    # a correction of day 1 from another source (no date column): day 1 only, other rows skipped
+    corrected = spark.createDataFrame([("u9", "v9", day[1], 1.0), ("u8", "v8", day[0], 1.0)], SCHEMA)
+    correction = ["events.mode=append", f"events.dates={day[1].date()}", LENIENT]
+    with pytest.raises(RefusedWrite, match="where event_date BETWEEN"):  # 1 row for 4: the guard holds
+        ingest_events(spark, cfg_factory(*correction), corrected)
+    report = ingest_events(spark, cfg_factory(*correction, "storage.min_row_ratio=0"), corrected)
+    assert (report.written, report.outside_dates) == (1, 1)
+    per_day = {
+        r["event_date"]: r["count"] for r in store.read(WATCH_EVENTS).groupBy("event_date").count().collect()
+    }
+    assert per_day == {day[0].date(): 4, day[1].date(): 1, day[2].date(): 4}

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from cdml_spark.events import ingest_events
 from cdml_spark.graph import build_graph
-from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, TableStore
+from cdml_spark.tables import COWATCH_DAILY_PAIRS, COWATCH_DAYS, COWATCH_EDGES, VIDEO_STATS, TableStore
 from tests.reference import brute_force_edges, brute_force_stats
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -59,7 +59,7 @@ def test_edges_match_brute_force(spark, cfg_factory, case):
 
     expected = brute_force_edges(events, max_history, window, min_users, max_neighbors)
     rows = TableStore(spark, cfg.storage).read(COWATCH_EDGES).collect()
-    got = {(r.video_id, r.neighbor_id): (r.rank, r.cowatch_users, r.score) for r in rows}
+    got = {(r.video_id, r.neighbor_id): (r.rank, r.cowatch_user_days, r.score) for r in rows}
     assert len(expected) > 10, "case too sparse to test anything"
     assert got.keys() == expected.keys()
     for key, (rank, count, score) in expected.items():
@@ -70,13 +70,13 @@ def test_edges_match_brute_force(spark, cfg_factory, case):
         r.video_id: (
             r.events,
             r.users,
-            r.history_users,
+            r.user_days,
             r.first_watch.astimezone(UTC),
             r.last_watch.astimezone(UTC),
         )
         for r in stats
     }
-    assert got_stats == brute_force_stats(events, max_history)
+    assert got_stats == brute_force_stats(events, max_history, window)
 
 
 def test_rerun_is_idempotent_and_stats_consistent(spark, cfg_factory):
@@ -131,8 +131,75 @@ def test_window_edge_is_inclusive_across_time_buckets(spark, cfg_factory):
     load_events(spark, cfg, events)
     build_graph(spark, cfg)
     rows = TableStore(spark, cfg.storage).read(COWATCH_EDGES).collect()
-    got = {(r.video_id, r.neighbor_id): r.cowatch_users for r in rows}
+    got = {(r.video_id, r.neighbor_id): r.cowatch_user_days for r in rows}
     assert got == dict.fromkeys([("a", "b"), ("b", "a"), ("b", "c"), ("c", "b")], 3)
     assert got == {pair: count for pair, (_, count, _) in brute_force_edges(events, 10, 2, 2, 50).items()}
-    stats = {r.video_id: r.history_users for r in TableStore(spark, cfg.storage).read(VIDEO_STATS).collect()}
+    stats = {r.video_id: r.user_days for r in TableStore(spark, cfg.storage).read(VIDEO_STATS).collect()}
     assert stats["lonely"] == 1
+
+
+def _edges(store: TableStore) -> dict:
+    rows = store.read(COWATCH_EDGES).collect()
+    return {(r.video_id, r.neighbor_id): (r.rank, r.cowatch_user_days, r.score) for r in rows}
+
+
+def _assert_edges(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for key, (rank, count, score) in expected.items():
+        assert got[key][:2] == (rank, count), key
+        assert got[key][2] == pytest.approx(score, rel=1e-12)
+
+
+def test_incremental_days_match_brute_force_and_full_mode(spark, cfg_factory):
+    """Days appended one at a time (events.mode=append, events.dates), each followed by an
+    incremental build over a 2-day window, give the brute-force edges of that window; rerunning a day
+    changes nothing; a corrected day is recomputed with the day after it; days that left the window
+    are dropped; the full mode gives the same edges and stats."""
+    params = ["graph.window_days=2", "graph.cowatch_window_hours=6", "graph.min_users=1"]
+    params += ["graph.max_history=6", "graph.max_neighbors=4", "graph.mode=incremental"]
+    events = random_events(11, 25, 10, 700, 4 * 24)  # 4 UTC days from T0 (midnight)
+    days = sorted({ts.date() for _, _, ts in events})
+    store = TableStore(spark, cfg_factory().storage)
+
+    def append_and_build(day, rows, *extra):
+        cfg = cfg_factory("events.mode=append", f"events.dates={day}", *params, *extra)
+        load_events(spark, cfg, rows)
+        build_graph(spark, cfg)
+
+    for day in days:
+        append_and_build(day, events)  # the whole list each time: events.dates selects the day
+        so_far = [e for e in events if e[2].date() <= day]
+        expected = brute_force_edges(so_far, 6, 6, 1, 4, day - timedelta(days=1), day)
+        assert len(expected) > 10
+        _assert_edges(_edges(store), expected)
+    held = {r.day for r in store.read(COWATCH_DAYS).collect()}
+    assert held == set(days[-2:])  # the earlier days left the window
+    assert {r.day for r in store.read(COWATCH_DAILY_PAIRS).select("day").distinct().collect()} <= held
+
+    version = store.version(COWATCH_DAILY_PAIRS)
+    append_and_build(days[-1], events)  # rerun of the last day: nothing to recompute
+    assert store.version(COWATCH_DAILY_PAIRS) == version
+    _assert_edges(_edges(store), expected)
+
+    corrected = [e for i, e in enumerate(events) if e[2].date() != days[-2] or i % 3]
+    append_and_build(days[-2], corrected)  # a correction of day 3 also changes day 4's counts
+    expected = brute_force_edges(corrected, 6, 6, 1, 4, days[-2], days[-1])
+    _assert_edges(_edges(store), expected)
+    incremental_stats = sorted(store.read(VIDEO_STATS).drop("run_id", "built_at", "params_hash").collect())
+
+    build_graph(spark, cfg_factory(*params, "graph.mode=full"))
+    _assert_edges(_edges(store), expected)
+    assert sorted(store.read(VIDEO_STATS).drop("run_id", "built_at", "params_hash").collect()) == (
+        incremental_stats
+    )
+    stats = {
+        r.video_id: (
+            r.events,
+            r.users,
+            r.user_days,
+            r.first_watch.astimezone(UTC),
+            r.last_watch.astimezone(UTC),
+        )
+        for r in incremental_stats
+    }
+    assert stats == brute_force_stats(corrected, 6, 6, days[-2], days[-1])

@@ -85,7 +85,7 @@ def _stats(spark, n: int):
         F.format_string("v%d", "id").alias("video_id"),
         F.lit(1).alias("events"),
         F.lit(1).alias("users"),
-        F.lit(1).alias("history_users"),
+        F.lit(1).alias("user_days"),
         F.lit(0).alias("neighbors"),
         F.current_timestamp().alias("first_watch"),
         F.current_timestamp().alias("last_watch"),

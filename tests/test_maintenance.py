@@ -30,7 +30,10 @@ def _write(spark, store: TableStore, spec: TableSpec, n: int) -> list[tuple]:
             "video_id",
             F.concat(F.lit("v"), F.col("id") + n).alias("neighbor_id"),
             F.lit(1).alias("rank"),
-            *[F.lit(n).alias(c) for c in ("cowatch_users", "score", "video_users", "neighbor_users")],
+            *[
+                F.lit(n).alias(c)
+                for c in ("cowatch_user_days", "score", "video_user_days", "neighbor_user_days")
+            ],
         )
     store.write(spec, rows.repartition(3), Lineage.new("test", {}))
     return _rows(store.read(spec))

@@ -69,7 +69,7 @@ def test_build_related_equals_brute_force(spark, served):
         (a, b): s for a, b, s in zip(edges["video_id"], edges["neighbor_id"], edges["score"], strict=True)
     }
     stats = store.read(VIDEO_STATS).toPandas()
-    support = dict(zip(stats["video_id"], stats["history_users"], strict=True))
+    support = dict(zip(stats["video_id"], stats["user_days"], strict=True))
     assert min(support.values()) < HALF < max(support.values())
 
     report = build_related(spark, cfg)
@@ -122,7 +122,7 @@ def test_build_related_drops_excluded_videos(spark, served):
     for a, b in [*cowatch, *zip(listed["video_id"], listed["neighbor_id"], strict=True)]:
         candidates.setdefault(a, set()).add(b)
     stats = store.read(VIDEO_STATS).toPandas()
-    support = dict(zip(stats["video_id"], stats["history_users"], strict=True))
+    support = dict(zip(stats["video_id"], stats["user_days"], strict=True))
     build_related(spark, cfg)
     expected = _brute_force(ids, matrix, cowatch, support, HALF, cfg.neighbors.k, excluded, candidates)
     _assert_equal(_table(store), expected)

@@ -1,11 +1,16 @@
 """Loss and mining against brute force; model save/load; Petastorm shard coverage; a real
-2-process TorchDistributor (gloo) run that learns, checkpoints and resumes."""
+2-process TorchDistributor (gloo) run that learns, checkpoints and resumes; `train_worker` in spawned
+processes: per-rank RNG streams and resume from the checkpoint's RNG state (CPU; CUDA where present)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cdml_spark.config import MlflowConfig, TrainingConfig
 from cdml_spark.errors import StaleTriplets, UnknownVideoKey
 from cdml_spark.features.ingest import ingest_features
 from cdml_spark.tables import COWATCH_EDGES, TableStore, triplets_spec, video_features_spec
@@ -20,7 +26,9 @@ from cdml_spark.training.inputs import check_inputs
 from cdml_spark.training.loader import ROLES, FeatureTable, iterate_batches, snapshot_files
 from cdml_spark.training.mining import ForbiddenPairs, mine_negatives, squared_distances, triplet_loss
 from cdml_spark.training.model import CDMLNet, ModelSpec, load_model, save_model
+from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.train import train
+from cdml_spark.training.worker import train_worker
 from cdml_spark.triplets import make_triplets
 
 
@@ -241,3 +249,110 @@ def test_train_refuses_triplets_built_from_other_features(spark, pipeline):
             train(spark, pipeline)
     finally:
         make_triplets(spark, pipeline)
+
+
+def _tiny_plan(tmp_path, use_gpu: str) -> TrainPlan:
+    """64 videos in 8 topics, 256 ids-only triplets in 4 row groups; 2 epochs of 4 steps per rank of 2."""
+    rng = np.random.default_rng(0)
+    videos, topics, rows = 64, 8, 256
+    keys = np.sort(rng.choice(2**62, videos, replace=False)).astype(np.int64)
+    topic = np.arange(videos) % topics
+    vis = rng.standard_normal((topics, 4))[topic] + 0.3 * rng.standard_normal((videos, 4))
+    anchor = rng.integers(0, videos, rows)
+    positive = (anchor + topics * rng.integers(1, videos // topics, rows)) % videos  # same topic
+    negative = (anchor + rng.integers(1, topics, rows)) % videos  # another topic
+    path = str(tmp_path / "triplets.parquet")
+    roles = {"anchor_key": anchor, "positive_key": positive, "negative_key": negative}
+    pq.write_table(pa.table({k: keys[v] for k, v in roles.items()}), path, row_group_size=64)
+    training = TrainingConfig(
+        hidden=[8],
+        embedding_dim=4,
+        dropout=0.5,
+        batch_size=32,
+        epochs=2,
+        learning_rate=0.01,
+        num_processes=2,
+        local_mode=True,
+        use_gpu=use_gpu,
+        reader_workers=1,  # row groups in the seed's order: runs are repeatable
+        model_dir=str(tmp_path / "models"),
+        checkpoint_dir=str(tmp_path / "checkpoints"),
+        mlflow=MlflowConfig(enabled=False, tracking_uri="file:unused"),
+    )
+    queries = np.arange(topics)
+    return TrainPlan(
+        training=training,
+        spec=ModelSpec({"vis": 4}, hidden=[8], embedding_dim=4, dropout=0.5),
+        train_files=[path],
+        train_rows=rows,
+        checkpoint_path="",
+        resume=False,
+        catalog=FeatureTable(keys, {"vis": vis.astype(np.float32)}),
+        validation=ValidationSet(
+            queries, [np.flatnonzero((topic == t) & (np.arange(videos) != t)) for t in queries]
+        ),
+        forbidden=ForbiddenPairs.from_keys(keys[anchor], keys[positive]),
+        ids_only=True,
+    )
+
+
+def _rank(plan: TrainPlan, rank: int, world: int, port: int) -> dict:
+    """One spawned training process, as torchrun would start it."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank)}
+    os.environ.update(env, WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    return train_worker(plan)
+
+
+def _uninterrupted_and_resumed(tmp_path, world: int, use_gpu: str) -> tuple[dict, dict, list[str]]:
+    """Checkpoints of 2 epochs in one run and of 1 epoch + a resumed second; the parameter digests of
+    every rank (each rank's view) after the uninterrupted run."""
+    plan = _tiny_plan(tmp_path, use_gpu)
+    one_epoch = plan.training.model_copy(update={"epochs": 1})
+    runs = [
+        replace(plan, checkpoint_path=str(tmp_path / "full.pt")),
+        replace(plan, training=one_epoch, checkpoint_path=str(tmp_path / "resumed.pt")),
+        replace(plan, checkpoint_path=str(tmp_path / "resumed.pt"), resume=True),
+    ]
+    with ProcessPoolExecutor(world, mp_context=get_context("spawn")) as pool:
+        digests = []
+        for run in runs:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            futures = [pool.submit(_rank, run, rank, world, port) for rank in range(world)]
+            digests.append([f.result(timeout=120)["param_digests"] for f in futures])
+    full, resumed = (torch.load(tmp_path / f, map_location="cpu") for f in ("full.pt", "resumed.pt"))
+    return full, resumed, [d for rank_view in digests[0] for d in rank_view]
+
+
+def test_ranks_draw_different_dropout_and_resume_continues_the_rng_stream(tmp_path):
+    """2 gloo ranks: their dropout masks differ while their parameters agree; 1 epoch + checkpoint +
+    resume ends with the same generator states and bit-identical weights as 2 epochs in one run
+    (re-seeding on resume would replay epoch 1's masks in epoch 2)."""
+    full, resumed, digests = _uninterrupted_and_resumed(tmp_path, world=2, use_gpu="false")
+    assert len(set(digests)) == 1
+    masks = []
+    for state in full["rng"]:  # the masks each rank's next dropout draws
+        with torch.random.fork_rng():
+            torch.set_rng_state(state["torch"])
+            masks.append(torch.nn.functional.dropout(torch.ones(256), 0.5) > 0)
+    assert not torch.equal(masks[0], masks[1])
+    assert resumed["step"] == full["step"] == 8
+    for done, again in zip(full["rng"], resumed["rng"], strict=True):
+        assert torch.equal(done["torch"], again["torch"]) and done["python"] == again["python"]
+    assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ranks_on_their_devices_resume_with_the_cuda_rng_state(tmp_path):
+    """NCCL on every GPU (up to 2): object collectives on each rank's device, ranks agree, and the
+    resumed run's CUDA generator and weights match the uninterrupted run (weights up to atomics' order)."""
+    world = min(2, torch.cuda.device_count())
+    full, resumed, digests = _uninterrupted_and_resumed(tmp_path, world=world, use_gpu="true")
+    assert len(set(digests)) == 1 and len(full["rng"]) == world
+    for done, again in zip(full["rng"], resumed["rng"], strict=True):
+        assert torch.equal(done["cuda"], again["cuda"])
+    assert all(
+        torch.allclose(full["model"][k], resumed["model"][k], rtol=0, atol=1e-4) for k in full["model"]
+    )

@@ -78,7 +78,7 @@ class Catalog:
     ids: np.ndarray  # [N] video ids
     split: np.ndarray  # [N] train / validation / cold_test
     popularity: np.ndarray  # [N] training-period distinct users
-    support: np.ndarray  # [N] training-period co-watch support (video_stats.history_users)
+    support: np.ndarray  # [N] training-period co-watch support (video_stats.user_days)
     graph: Graph  # training co-watch scores
     raw: np.ndarray  # [N, D] unit-norm concatenated content features
     genres: list[list[str]] = field(default_factory=list)

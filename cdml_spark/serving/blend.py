@@ -1,8 +1,8 @@
 """The related-videos blend: the one definition that `build_related` (table `related_videos`) and the
 evaluation's `related_<fusion>` methods both call.
 
-For a video v with co-watch support s (`video_stats.history_users`: users whose kept history holds v)
-and a candidate n:
+For a video v with co-watch support s (`video_stats.user_days`: the (user, day)s with v exposed, the
+c_v of the co-watch cosine) and a candidate n:
 
     score(v, n) = w(s) · cowatch(v, n) + (1 − w(s)) · cosine(v, n),    w(s) = s / (s + k)
 

@@ -44,7 +44,7 @@ _SCORED = "video_id string, neighbor_id string, score double, source string, cow
 
 
 def related_candidates(store: TableStore, exclude: DataFrame | None) -> DataFrame:
-    """video_id, neighbor_id, cowatch (0 outside cowatch_edges), support (history_users, 0 if none),
+    """video_id, neighbor_id, cowatch (0 outside cowatch_edges), support (user_days, 0 if none),
     source (cowatch / embedding / both); pairs naming a video of `exclude` (video_id) dropped."""
     cowatch = store.read(COWATCH_EDGES).select(
         "video_id", "neighbor_id", F.col("score").alias("cowatch"), F.lit(True).alias("in_cowatch")
@@ -52,7 +52,7 @@ def related_candidates(store: TableStore, exclude: DataFrame | None) -> DataFram
     embedding = store.read(VIDEO_NEIGHBORS).select(
         "video_id", "neighbor_id", F.lit(True).alias("in_embedding")
     )
-    support = store.read(VIDEO_STATS).select("video_id", F.col("history_users").alias("support"))
+    support = store.read(VIDEO_STATS).select("video_id", F.col("user_days").alias("support"))
     pairs = (
         cowatch.join(embedding, ["video_id", "neighbor_id"], "full")
         .join(support, "video_id", "left")

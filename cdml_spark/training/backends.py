@@ -1,7 +1,9 @@
 """How the training processes talk: `TorchDDP` (torch.distributed + DDP; gloo on CPU, NCCL on GPUs)
 or `Horovod` (horovod.torch over gloo), with one interface: `wrap` the model and optimizer,
 `all_sum`, `all_gather` (tensors), `gather` (objects), `close`. `gather_with_grad` builds the miner's
-candidate pool from every rank's rows."""
+candidate pool from every rank's rows. On GPUs each process first makes `cuda:LOCAL_RANK` its current
+device: NCCL's object collectives (`all_gather_object`) and barriers run on the current device, which
+would otherwise be `cuda:0` on every rank."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ class TorchDDP:
     """torch.distributed (gloo on CPU, NCCL on GPUs) + DDP."""
 
     def __init__(self, use_cuda: bool):
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if use_cuda:
+            torch.cuda.set_device(self.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
 
     def wrap(self, net, optimizer):
         return torch.nn.parallel.DistributedDataParallel(net), optimizer  # DDP broadcasts rank 0's parameters
@@ -58,11 +62,13 @@ class Horovod:
     """horovod.torch: DistributedOptimizer averages gradients (gloo on CPU); rank 0's parameters are
     broadcast at the start."""
 
-    def __init__(self):
+    def __init__(self, use_cuda: bool):
         import horovod.torch as hvd
 
         hvd.init()
         self.hvd, self.rank, self.world, self.local_rank = hvd, hvd.rank(), hvd.size(), hvd.local_rank()
+        if use_cuda:
+            torch.cuda.set_device(self.local_rank)
 
     def wrap(self, net, optimizer):
         self.hvd.broadcast_parameters(net.state_dict(), root_rank=0)
@@ -90,7 +96,7 @@ Backend = TorchDDP | Horovod
 
 def connect(name: str, use_cuda: bool) -> Backend:
     """Join the process group: `horovod` or (anything else) `torch`."""
-    return Horovod() if name == "horovod" else TorchDDP(use_cuda)
+    return Horovod(use_cuda) if name == "horovod" else TorchDDP(use_cuda)
 
 
 def gather_with_grad(local: torch.Tensor, backend: Backend) -> tuple[torch.Tensor, list[int]]:

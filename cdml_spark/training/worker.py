@@ -5,8 +5,9 @@ candidate pool, re-picks negatives (`cdml_spark.training.mining`; never a co-wat
 anchor) and takes one optimizer step; ranks step in lock-step (a used-up shard takes zero-weight
 steps). After each epoch the validation NDCG@k (validation videos' co-watch neighbours among train +
 validation videos) selects the model; training stops after `patience` epochs without improvement.
-Rank 0 checkpoints after every epoch (model, optimizer, best state, history) to `checkpoint_path`;
-`plan.resume` continues from it.
+Rank 0 checkpoints after every epoch (model, optimizer, best state, history, every rank's RNG
+state) to `checkpoint_path`; `plan.resume` continues from it. Seeding: `cdml_spark.training.rng`. On
+GPUs each process uses `cuda:LOCAL_RANK` (the current device, set before the process group).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from cdml_spark.training.loader import ROLES, iterate_batches
 from cdml_spark.training.mining import mine_negatives, triplet_loss
 from cdml_spark.training.model import CDMLNet
 from cdml_spark.training.plan import TrainPlan
+from cdml_spark.training.rng import capture, restore, seed_rank
 
-__all__ = ["AllSum", "train_worker"]
+__all__ = ["AllSum", "embed_rows", "step_loss", "train_worker"]
 
 AllSum = Callable[[list[float]], list[float]]
 
@@ -36,18 +38,21 @@ AllSum = Callable[[list[float]], list[float]]
 def train_worker(plan: TrainPlan) -> dict:
     """Train; every rank returns {"param_digests": every rank's final parameter digest}."""
     tc = plan.training
-    use_cuda = torch.cuda.is_available()
+    use_cuda = tc.use_gpu != "false" and torch.cuda.is_available()
     backend = connect(plan.backend, use_cuda)
     rank, world = backend.rank, backend.world
     device = torch.device("cuda", backend.local_rank) if use_cuda else torch.device("cpu")
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial parameters on every rank
     net = CDMLNet(plan.spec).to(device)
+    seed_rank(tc.seed, rank)  # dropout: one stream per rank
     optimizer = torch.optim.Adam(net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "best_epoch": 0, "best_ndcg": -1.0}
     if plan.resume and os.path.exists(plan.checkpoint_path):
         state = torch.load(plan.checkpoint_path, map_location=device)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if len(state.get("rng", [])) == world:  # else (another world size) the fresh per-rank seeds
+            restore(state["rng"][rank], device)
         if rank == 0:
             print(
                 f"resumed from {plan.checkpoint_path}: epoch {state['epoch']}, step {state['step']}",
@@ -78,7 +83,7 @@ def train_worker(plan: TrainPlan) -> dict:
             weight = 0.0 if batch is None else 1.0
             batch = last if batch is None else batch  # a used-up rank repeats its last batch at weight 0
             last = batch
-            loss = _step_loss(plan, backend, model, batch, device) * weight
+            loss = step_loss(plan, backend, model, batch, device) * weight
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -105,7 +110,7 @@ def train_worker(plan: TrainPlan) -> dict:
         if improved:
             state["best"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             state.update(best_epoch=epoch + 1, best_ndcg=metrics["val_ndcg"])
-        state.update(epoch=epoch + 1, step=step, history=history)
+        state.update(epoch=epoch + 1, step=step, history=history, rng=backend.gather(capture(device)))
         if rank == 0:
             print(
                 f"epoch {metrics['epoch']}: train_loss {metrics['train_loss']:.4f}, "
@@ -140,9 +145,7 @@ def _batches(plan: TrainPlan, rank: int, world: int, epoch: int) -> Iterator[dic
     )
 
 
-def _step_loss(
-    plan: TrainPlan, backend: Backend, model, batch: dict[str, np.ndarray], device
-) -> torch.Tensor:
+def step_loss(plan: TrainPlan, backend: Backend, model, batch: dict[str, np.ndarray], device) -> torch.Tensor:
     """Loss of one step: embed, gather every rank's candidates, mine negatives, reduce."""
     tc, names = plan.training, list(plan.spec.modality_dims)
     inputs = {r: {n: torch.from_numpy(batch[f"{r}_{n}"]).to(device) for n in names} for r in ROLES}
@@ -173,7 +176,7 @@ def _save_checkpoint(path: str, state: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _embed_rows(net, vectors: dict[str, np.ndarray], device, batch_size: int = 8192) -> np.ndarray:
+def embed_rows(net, vectors: dict[str, np.ndarray], device, batch_size: int = 8192) -> np.ndarray:
     """Unit-norm embeddings of feature rows (eval mode, no gradients)."""
     rows = len(next(iter(vectors.values())))
     out = []
@@ -189,7 +192,7 @@ def _validate(net, plan: TrainPlan, rank: int, world: int, device, all_sum: AllS
     train + validation catalog; the sums are combined over ranks."""
     k = plan.training.validation_k
     net.eval()
-    emb = _embed_rows(net, plan.catalog.vectors, device)
+    emb = embed_rows(net, plan.catalog.vectors, device)
     net.train()
     val = plan.validation
     mine = np.arange(rank, len(val.queries), world)
