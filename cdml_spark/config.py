@@ -39,6 +39,7 @@ __all__ = [
     "Modality",
     "NeighborsConfig",
     "RecommendConfig",
+    "RelatedConfig",
     "SourceColumn",
     "SparkConfig",
     "StorageConfig",
@@ -59,14 +60,20 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _UNSAFE_COLUMN = re.compile(r"[`\x00-\x1f\x7f]")
 
 
-def _database_name(value: str) -> str:
-    """`db` or `catalog.schema`, each part a plain SQL identifier (it is used in SQL text)."""
+def _dotted_name(value: str, forms: tuple[str, ...]) -> str:
+    """`value` if it has the dots of one of `forms` (e.g. `db`, `catalog.schema`), each part a plain
+    SQL identifier (names are used in SQL text)."""
     parts = value.split(".")
-    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(p) for p in parts):
+    if len(parts) > len(forms) or not all(_IDENTIFIER.fullmatch(p) for p in parts):
         raise ValueError(
-            "expected `db` or `catalog.schema`, each part letters, digits and _ not starting with a digit"
+            f"expected {' or '.join(f'`{f}`' for f in forms)}, each part letters, digits and _ not "
+            "starting with a digit"
         )
     return value
+
+
+def _database_name(value: str) -> str:
+    return _dotted_name(value, ("db", "catalog.schema"))
 
 
 def _source_column(value: str) -> str:
@@ -403,6 +410,29 @@ class RecommendConfig(_Strict):
     k: int = Field(default=20, ge=1)
 
 
+class RelatedConfig(_Strict):
+    """`related_videos` (jobs/build_related.py): per video, co-watch and embedding neighbours blended by
+    the video's co-watch support (cdml_spark/serving/blend.py); neighbors.k rows per video."""
+
+    support_half_weight: float = Field(
+        default=20.0,
+        gt=0,
+        description="k of the co-watch weight w(s) = s / (s + k), s = the video's video_stats.user_days: the "
+        "support at which co-watch and embedding scores weigh the same (20: the best of 1-5000 on ML-1M "
+        "validation data, benchmarks/calibrate_related.py)",
+    )
+    exclude_table: str | None = Field(
+        default=None,
+        description="Table with a video_id column (e.g. unavailable videos): they get no rows and are "
+        "never a neighbour; null = none",
+    )
+
+    @field_validator("exclude_table")
+    @classmethod
+    def _plain_table(cls, value: str | None) -> str | None:
+        return None if value is None else _dotted_name(value, ("table", "db.table", "catalog.schema.table"))
+
+
 class UserHoldoutConfig(_Strict):
     """User-held-out protocol: held-out users' co-watch graph is the truth; cold videos have no
     training event at all; genres may be content (this protocol does not score classification)."""
@@ -456,6 +486,7 @@ class AppConfig(_Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     neighbors: NeighborsConfig = NeighborsConfig()
     recommend: RecommendConfig = RecommendConfig()
+    related: RelatedConfig = RelatedConfig()
     evaluation: EvaluationConfig
 
 

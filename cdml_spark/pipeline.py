@@ -24,6 +24,7 @@ from cdml_spark.maintenance import maintain_tables
 from cdml_spark.serving.embed import embed_catalog
 from cdml_spark.serving.neighbors import build_neighbors
 from cdml_spark.serving.recommend import recommend
+from cdml_spark.serving.related import build_related
 from cdml_spark.summary import summary
 from cdml_spark.tables import Lineage
 from cdml_spark.training.train import train
@@ -52,8 +53,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", train, ("make_triplets",)),
     Stage("embed_catalog", embed_catalog, ("train",)),
     Stage("build_neighbors", build_neighbors, ("embed_catalog",)),
+    Stage("build_related", build_related, ("build_neighbors",)),
     Stage("recommend", recommend, ("embed_catalog",)),
-    Stage("evaluate", evaluate, ("build_neighbors", "recommend")),
+    Stage("evaluate", evaluate, ("build_related", "recommend")),
     Stage("summary", summary, ("evaluate",)),
     Stage("maintain_tables", maintain_tables, ("summary",)),  # on Databricks even when earlier tasks fail
 )

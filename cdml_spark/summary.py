@@ -1,6 +1,6 @@
 """What the demo prints at the end: table sizes, quarantine counts, the model's validation NDCG by
 epoch, and "videos like X" with titles (the most watched videos and `_FEATURED`) — by co-watch and,
-once embedded, by CDML embedding (including a video nobody watched)."""
+once embedded, by CDML embedding and by the related-videos blend (including a video nobody watched)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cdml_spark.tables import (
     ALL_TABLE_NAMES,
     COWATCH_EDGES,
     EVAL_METRICS,
+    RELATED_VIDEOS,
     VIDEO_METADATA,
     VIDEO_NEIGHBORS,
     VIDEO_SPLITS,
@@ -49,9 +50,15 @@ def _neighbours(store: TableStore, table: TableSpec, video_ids: list[str], top: 
     for r in rows.orderBy("video_id", "rank").collect():
         by_video.setdefault(r["video_id"], []).append(r)
     for vid in video_ids:
-        lines.append(f'  like "{names.get(vid, vid)}":')
-        for r in by_video.get(vid, []):
+        listed = by_video.get(vid, [])
+        weight = listed and "cowatch_weight" in listed[0]
+        lines.append(
+            f'  like "{names.get(vid, vid)}"'
+            + (f" (co-watch weight {listed[0]['cowatch_weight']:.2f}):" if weight else ":")
+        )
+        for r in listed:
             extra = f", {r['cowatch_user_days']:,} co-watching user-days" if "cowatch_user_days" in r else ""
+            extra += f", {r['source']}" if "source" in r else ""
             lines.append(f"    {r['rank']:>2}. {r['title']}  ({r['score']:.3f}{extra})")
     return lines
 
@@ -101,13 +108,21 @@ def summary(
     popular += [v for v in featured if v in present and v not in popular]
     lines.append("by co-watch (cowatch_edges):")
     lines += _neighbours(store, COWATCH_EDGES, popular, top)
+    cold = []
+    if store.exists(VIDEO_SPLITS):
+        cold = [
+            r["video_id"]
+            for r in store.read(VIDEO_SPLITS).where("users = 0").orderBy("video_id").limit(1).collect()
+        ]
     if store.exists(VIDEO_NEIGHBORS):
         lines.append("by CDML embedding (video_neighbors):")
         lines += _neighbours(store, VIDEO_NEIGHBORS, popular, top)
-        cold = store.read(VIDEO_SPLITS).where("users = 0").orderBy("video_id").limit(1).collect()
         if cold:
             lines.append("a video nobody watched, by CDML embedding:")
-            lines += _neighbours(store, VIDEO_NEIGHBORS, [cold[0]["video_id"]], top)
+            lines += _neighbours(store, VIDEO_NEIGHBORS, cold, top)
+    if store.exists(RELATED_VIDEOS):
+        lines.append("related (related_videos: co-watch and embedding, weighted by co-watch support):")
+        lines += _neighbours(store, RELATED_VIDEOS, popular + cold, top)
     return _emit(lines)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "COWATCH_EDGES",
     "EVAL_METRICS",
     "FAULT_HOLD_ENV",
+    "RELATED_VIDEOS",
     "USER_RECOMMENDATIONS",
     "VIDEO_EMBEDDINGS",
     "VIDEO_FEATURES_QUARANTINE",
@@ -279,6 +280,36 @@ VIDEO_NEIGHBORS = TableSpec(
     ),
 )
 
+RELATED_VIDEOS = TableSpec(
+    "related_videos",
+    "For each video its top-K related videos: co-watch and embedding neighbours in one list, weighted by "
+    "the video's co-watch support (cdml_spark/serving/blend.py).",
+    (
+        _field("video_id", T.StringType(), "The query video", False),
+        _field("neighbor_id", T.StringType(), "A related video", False),
+        _field("rank", T.IntegerType(), "1 = most related", False),
+        _field(
+            "score",
+            T.DoubleType(),
+            "w · co-watch cosine (0 if not a co-watch neighbour) + (1 − w) · embedding cosine",
+            False,
+        ),
+        _field(
+            "source",
+            T.StringType(),
+            "cowatch, embedding or both: the neighbour lists (cowatch_edges, video_neighbors) it is in",
+            False,
+        ),
+        _field(
+            "cowatch_weight",
+            T.DoubleType(),
+            "w = s / (s + related.support_half_weight), s = video_stats.user_days of video_id",
+            False,
+        ),
+        _field("model_version", T.StringType(), "Model of the embeddings", False),
+    ),
+)
+
 USER_RECOMMENDATIONS = TableSpec(
     "user_recommendations",
     "Top-K unwatched videos per user by mean cosine to the user's most recent watches.",
@@ -339,6 +370,7 @@ ALL_TABLE_NAMES = tuple(
         VIDEO_METADATA,
         VIDEO_EMBEDDINGS,
         VIDEO_NEIGHBORS,
+        RELATED_VIDEOS,
         USER_RECOMMENDATIONS,
         EVAL_METRICS,
     )

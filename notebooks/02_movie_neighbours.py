@@ -2,12 +2,14 @@
 # MAGIC %md
 # MAGIC # Neighbours of a movie, with titles
 # MAGIC The same movie's neighbours three ways: by co-watch (`cowatch_edges`), by CDML embedding
-# MAGIC (`video_neighbors`, through `sql/neighbors_of_video.sql`), and for a video nobody watched.
+# MAGIC (`video_neighbors`, through `sql/neighbors_of_video.sql`), and for a video nobody watched; then
+# MAGIC `related_videos`, which blends the two, for a popular, a long-tail and a never-watched movie.
 # MAGIC Locally: `CDML_CONFIG=conf/local.yaml .venv/bin/python notebooks/02_movie_neighbours.py`.
 
 # COMMAND ----------
 
 import os
+from functools import reduce
 
 from pyspark.sql import functions as F
 
@@ -69,3 +71,33 @@ if cold:
             10
         )
     )
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC One answer to "videos like X" (`related_videos`, through `sql/related_videos.sql`): a popular
+# MAGIC movie, a long-tail one (co-watch support nearest `related.support_half_weight`, where co-watch and
+# MAGIC embedding weigh the same) and one nobody watched, side by side. `source` says which neighbour
+# MAGIC list a row is in; `cowatch_weight` is the co-watch score's share for that movie.
+
+# COMMAND ----------
+
+stats = store.read(VIDEO_STATS)
+half = cfg.related.support_half_weight
+examples = {
+    "popular": video_id,
+    "long tail": stats.orderBy(F.abs(F.col("user_days") - half), "video_id").first()["video_id"],
+}
+if cold:
+    examples["never watched"] = cold["video_id"]
+columns = []
+for label, example in examples.items():
+    rows = run_sql_file(spark, "related_videos", db=cfg.storage.database, video_id=example)
+    first = rows.first()
+    print(
+        f"{label}: {example} (co-watch support {first['video_support']}, "
+        f"co-watch weight {first['cowatch_weight']:.2f})"
+    )
+    cell = F.concat_ws(" · ", "title", "source", F.format_number("score", 3)).alias(label)
+    columns.append(rows.where("rank <= 10").select("rank", cell))
+show(reduce(lambda left, right: left.join(right, "rank", "full"), columns).orderBy("rank"))

@@ -135,3 +135,12 @@ def test_tables_root_with_a_quote(spark, tmp_path):
         {"db": other.database, "t": "Schindler's List (1993)"},
     )
     assert spark.sql(rendered).count() == 1  # the sql/ files' quoting runs on Spark
+
+
+def test_related_keys_are_checked():
+    cfg = load_config(ROOT / "conf/local.yaml", ["related.exclude_table=main.shop.unavailable"])
+    assert cfg.related.exclude_table == "main.shop.unavailable" and cfg.related.support_half_weight > 0
+    with pytest.raises(ConfigError, match="config key 'related.exclude_table'"):
+        load_config(ROOT / "conf/local.yaml", ["related.exclude_table='x; DROP TABLE y'"])
+    with pytest.raises(ConfigError, match="config key 'related.support_half_weight'"):
+        load_config(ROOT / "conf/local.yaml", ["related.support_half_weight=0"])

@@ -175,6 +175,7 @@ def _catalog() -> Catalog:
         ids=np.array([f"v{i}" for i in range(6)]),
         split=np.array(["train", "train", "train", "train", "cold_test", "cold_test"]),
         popularity=np.array([5.0, 4, 3, 2, 0, 0]),
+        support=np.array([4.0, 3, 3, 1, 0, 0]),
         graph=Graph.from_edges(6, np.array([0, 2]), np.array([2, 0]), np.array([0.5, 0.5])),  # 0 ~ 2
         raw=raw,
     )
@@ -284,8 +285,16 @@ def test_evaluate_job_on_synthetic(spark, tmp_path, monkeypatch, capsys):
     methods = {"random", "popularity", "cooccurrence_cf", "raw_features", "cdml_early", "cdml_late"}
     assert all(methods <= set(rows["method"]) for rows in by_protocol.values())
     assert table["value"].between(0, 1).all()
-    assert table.loc[table["method"].str.startswith("cdml"), "model_version"].notna().all()
+    assert table.loc[table["method"].str.startswith(("cdml", "related")), "model_version"].notna().all()
     assert not ((table["method"] == "cooccurrence_cf") & (table["item_split"] == "cold")).any()
+    related = table[table["method"].str.startswith("related_")]
+    assert set(related["method"]) == {"related_early", "related_late"}
+    assert set(related["task"]) == {"retrieval"}  # a list of videos like one video
+    cold = table[(table["task"] == "retrieval") & (table["item_split"] == "cold")]
+    by_method = cold.set_index(["protocol", "method", "metric", "k"])["value"]
+    for (protocol, method, metric, k), v in by_method.items():  # never watched: the embedding alone
+        if method.startswith("related_"):
+            assert v == by_method[protocol, method.replace("related_", "cdml_"), metric, k]
     value = table.set_index(["protocol", "task", "method", "item_split", "metric", "k"])["value"]
     # synthetic co-watch follows the latent topics that the content features encode
     for protocol in ("time_split", "user_holdout"):
@@ -306,3 +315,10 @@ def test_evaluate_job_on_synthetic(spark, tmp_path, monkeypatch, capsys):
     run_notebook(NOTEBOOK_DIR / "04_evaluation.py", cfg, tmp_path, monkeypatch)
     out = capsys.readouterr().out
     assert "| cdml_early |" in out and "synthetic / user_holdout / retrieval" in out
+    # --reuse: the workspaces scored again as they are (late fusion was embedded last), no training
+    keys = ["protocol", "task", "method", "item_split", "metric", "k"]
+    ranked = lambda frame: frame[frame["task"] != "classification"].set_index(keys)["value"]  # noqa: E731
+    again = ranked(evaluate(spark, cfg, reuse=True))
+    scored = {m for m in again.index.get_level_values("method") if m.startswith(("cdml", "related"))}
+    assert scored == {"cdml_late", "related_late"}
+    assert np.allclose(again, ranked(metrics)[again.index])

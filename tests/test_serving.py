@@ -164,6 +164,9 @@ def test_example_sql_runs(spark, served):
     TableStore(spark, cfg.storage)  # registers the tables in this session's catalog
     neighbours = run_sql_file(spark, "neighbors_of_video", db=db, video_id="v7").collect()
     assert [r["rank"] for r in neighbours] == [1, 2, 3, 4, 5]
+    related = run_sql_file(spark, "related_videos", db=db, video_id="v7").collect()
+    assert [r["rank"] for r in related] == [1, 2, 3, 4, 5] and related[0]["video_support"] > 0
+    assert {r["source"] for r in related} <= {"cowatch", "embedding", "both"}
     user = store.read(USER_RECOMMENDATIONS).first()["user_id"]
     assert len(run_sql_file(spark, "recommendations_for_user", db=db, user_id=user).collect()) == 4
     cold = run_sql_file(spark, "cold_videos_nearest_warm", db=db, limit=10).collect()
@@ -197,5 +200,9 @@ def test_summary_shows_a_featured_video_by_cowatch_and_by_embedding(spark, serve
     featured = store.read(VIDEO_STATS).orderBy("users", "video_id").first()["video_id"]  # not a top video
     text = summary(spark, cfg, examples=1, featured=(featured, "not-a-video"))
     cowatch, embedding = text.split("by CDML embedding (video_neighbors):")[:2]
+    embedding, related = embedding.split("related (related_videos")
     assert f'like "{featured}"' in cowatch.split("by co-watch (cowatch_edges):")[1]
     assert f'like "{featured}"' in embedding and "not-a-video" not in text
+    assert (
+        f'like "{featured}" (co-watch weight ' in related and 'like "v200" (co-watch weight 0.00):' in related
+    )

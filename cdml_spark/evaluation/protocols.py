@@ -156,7 +156,7 @@ def load_catalog(spark: SparkSession, ecfg: AppConfig) -> Catalog:
     rows = (
         store.read(video_features_spec(ecfg.features.modalities))
         .join(store.read(VIDEO_SPLITS).select("video_id", "split"), "video_id")
-        .join(store.read(VIDEO_STATS).select("video_id", "users"), "video_id", "left")
+        .join(store.read(VIDEO_STATS).select("video_id", "users", "user_days"), "video_id", "left")
         .join(store.read(VIDEO_METADATA).select("video_id", "genres"), "video_id", "left")
         .orderBy("video_id")
         .toPandas()
@@ -173,6 +173,7 @@ def load_catalog(spark: SparkSession, ecfg: AppConfig) -> Catalog:
         ids=ids,
         split=rows["split"].to_numpy(),
         popularity=rows["users"].fillna(0).to_numpy(dtype=float),
+        support=rows["user_days"].fillna(0).to_numpy(dtype=float),
         graph=graph,
         raw=raw,
         genres=[list(g) if g is not None else [] for g in rows["genres"]],

@@ -9,12 +9,16 @@ import pandas as pd
 
 __all__ = ["headline", "markdown_table", "pivot", "plot_task", "write_report"]
 
+_RELATED_NOTE = (
+    "related_<fusion> = the related_videos blend: w(s) · co-watch score + (1 − w(s)) · cdml_<fusion> "
+    "cosine, w(s) = s / (s + related.support_half_weight), s = the query's training co-watch support."
+)
 _TASK_NOTES = {  # protocol -> task -> note
     "time_split": {
         "retrieval": "truth = the held-out period's co-watch graph (the cowatch_edges rule: cosine, top "
         "max_neighbors); query = a video with held-out co-watch neighbours; warm = train-split videos watched "
         "in the training period, cold = cold_test videos (no training-period watches, never in a triplet). "
-        "cooccurrence_cf is undefined for cold videos (no co-watch data).",
+        "cooccurrence_cf is undefined for cold videos (no co-watch data). " + _RELATED_NOTE,
         "recommendation": "users with >= min_test_items held-out videos; all = every unwatched catalog video "
         "is a candidate, cold = only cold_test videos (users with >= 1 held-out cold video).",
         "classification": "multi-label genres; one-vs-rest logistic regression fitted on train videos, "
@@ -24,7 +28,8 @@ _TASK_NOTES = {  # protocol -> task -> note
         "retrieval": "truth = the held-out users' co-watch graph (every one of their watches, the cowatch_edges "
         "rule: cosine, top max_neighbors); query = a "
         "video with neighbours in it; warm = train-split videos watched by the training users, cold = "
-        "cold_test videos (no training event at all). cooccurrence_cf is undefined for cold videos.",
+        "cold_test videos (no training event at all). cooccurrence_cf is undefined for cold videos. "
+        + _RELATED_NOTE,
     },
 }
 _METHOD_ORDER = [
@@ -35,6 +40,8 @@ _METHOD_ORDER = [
     "raw_features",
     "cdml_early",
     "cdml_late",
+    "related_early",
+    "related_late",
 ]
 # protocol -> headline columns: (label, task, metric, k, item_split)
 _HEADLINES: dict[str, list[tuple[str, str, str, int, str]]] = {

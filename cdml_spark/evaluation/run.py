@@ -34,7 +34,9 @@ Nothing is tuned on the truth. The metric definitions are in `cdml_spark.evaluat
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import asdict
 
@@ -62,6 +64,8 @@ from cdml_spark.evaluation.tasks import (
     MetricRow,
     classification,
     recommendation,
+    related_method,
+    related_scorers,
     retrieval,
     scorers,
 )
@@ -73,12 +77,19 @@ from cdml_spark.tables import (
     TableStore,
 )
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "model_vectors", "run_training_period", "workspace_models"]
 
 log = logging.getLogger(__name__)
 
 
-def _run_training_period(
+def _embeddings_by_id(spark: SparkSession, ecfg: AppConfig) -> tuple[str, dict[str, np.ndarray]]:
+    """(model version, video id -> embedding) of the workspace's current `video_embeddings`."""
+    embeddings, version = current_embeddings(TableStore(spark, ecfg.storage))
+    frame = embeddings.select("video_id", "embedding").toPandas()
+    return version, dict(zip(frame["video_id"], frame["embedding"], strict=True))
+
+
+def run_training_period(
     spark: SparkSession, ecfg: AppConfig, source: DataFrame, split: DataFrame, protocol: Protocol, run_id: str
 ) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
     """The pipeline on the split's training events in the workspace (`source`: the dataset's events as
@@ -98,13 +109,20 @@ def _run_training_period(
             }
         )
         run_stages(spark, fcfg, "train", "embed_catalog", run_id)
-        embeddings, _ = current_embeddings(TableStore(spark, ecfg.storage))
-        frame = embeddings.select("video_id", "embedding").toPandas()
-        out[f"cdml_{fusion}"] = (version, dict(zip(frame["video_id"], frame["embedding"], strict=True)))
+        out[f"cdml_{fusion}"] = _embeddings_by_id(spark, ecfg)
     return out
 
 
-def _model_vectors(
+def workspace_models(spark: SparkSession, ecfg: AppConfig) -> dict[str, tuple[str, dict[str, np.ndarray]]]:
+    """`run_training_period`'s result without running it: the workspace's current `video_embeddings`
+    (the fusion embedded last) as `cdml_<fusion>` of the model that wrote them."""
+    version, by_id = _embeddings_by_id(spark, ecfg)
+    with open(os.path.join(ecfg.training.model_dir, version, "model.json")) as handle:
+        fusion = json.load(handle)["spec"]["fusion"]
+    return {f"cdml_{fusion}": (version, by_id)}
+
+
+def model_vectors(
     models: dict[str, tuple[str, dict[str, np.ndarray]]], catalog: Catalog
 ) -> dict[str, np.ndarray]:
     """method -> [N, d] embeddings in catalog order."""
@@ -133,7 +151,10 @@ def _score(
     """The protocol's tasks and counts: retrieval; plus recommendation and classification for the
     time split (the user-held-out protocol scores retrieval only)."""
     ev = cfg.evaluation
-    methods = scorers(catalog, vectors, ev.seed)
+    methods = {
+        **scorers(catalog, vectors, ev.seed),
+        **related_scorers(catalog, vectors, cfg.related.support_half_weight),
+    }
     rows = retrieval(catalog, methods, relevant, ev.ks)
     counts = {
         "videos": catalog.size,
@@ -155,28 +176,35 @@ def _evaluate_protocol(
     protocol: Protocol,
     events: tuple[DataFrame, DataFrame],
     run_id: str,
+    reuse: bool,
 ) -> tuple[list[dict], dict]:
     """Metric rows (dicts with model_version, dataset, protocol) and counts for one (dataset, protocol)
-    workspace. `events`: the dataset's events as read, and their valid rows."""
+    workspace. `events`: the dataset's events as read, and their valid rows; `reuse`: score the
+    workspace's tables and embeddings as they are (no pipeline run)."""
     started = time.time()
     source, valid = events
     ecfg = workspace_config(cfg, dataset, protocol)
     split = protocol_split(valid.select("user_id", "video_id", "event_ts"), ecfg, protocol).persist()
-    models = _run_training_period(spark, ecfg, source, split, protocol, run_id)
+    if reuse:
+        models = workspace_models(spark, ecfg)
+    else:
+        models = run_training_period(spark, ecfg, source, split, protocol, run_id)
     catalog = load_catalog(spark, ecfg)
-    vectors = _model_vectors(models, catalog)
+    vectors = model_vectors(models, catalog)
     relevant = held_out_neighbours(held_out_events(valid, split), ecfg.graph, index_of(catalog.ids))
     rows, counts = _score(cfg, protocol, catalog, vectors, relevant, split)
     split.unpersist()
     counts["seconds"] = round(time.time() - started, 1)
     log.info("evaluate %s / %s: %s", dataset, protocol, counts)
-    versions = {method: version for method, (version, _) in models.items()}
+    versions = {
+        m: version for method, (version, _) in models.items() for m in (method, related_method(method))
+    }
     meta = {"dataset": dataset, "protocol": protocol}
     return [{**asdict(r), **meta, "model_version": versions.get(r.method)} for r in rows], counts
 
 
 def _evaluate_dataset(
-    spark: SparkSession, cfg: AppConfig, dataset: str, run_id: str
+    spark: SparkSession, cfg: AppConfig, dataset: str, run_id: str, reuse: bool
 ) -> tuple[list[dict], dict[str, dict]]:
     """Metric rows and counts (by protocol) of every configured protocol on one dataset; the events
     are read (or generated) once."""
@@ -186,7 +214,7 @@ def _evaluate_dataset(
     rows, counts = [], {}
     for protocol in cfg.evaluation.protocols:
         protocol_rows, counts[protocol] = _evaluate_protocol(
-            spark, cfg, dataset, protocol, (source, valid), run_id
+            spark, cfg, dataset, protocol, (source, valid), run_id, reuse
         )
         rows += protocol_rows
     source.unpersist()
@@ -225,16 +253,19 @@ def _protocol_header(cfg: AppConfig) -> list[str]:
     return [f"- {lines[p]}" for p in ev.protocols]
 
 
-def evaluate(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> pd.DataFrame:
-    """Job entry: evaluate every configured dataset × protocol; replace `eval_metrics`; write the report."""
+def evaluate(
+    spark: SparkSession, cfg: AppConfig, run_id: str | None = None, reuse: bool = False
+) -> pd.DataFrame:
+    """Job entry: evaluate every configured dataset × protocol; replace `eval_metrics`; write the report.
+    `reuse`: score each workspace's current tables and embeddings (left by an earlier evaluation with
+    the same config; only the fusion embedded last) instead of running the pipeline again."""
     ev = cfg.evaluation
-    params = {
-        k: getattr(cfg, k).model_dump() for k in ("evaluation", "graph", "features", "triplets", "training")
-    }
+    sections = ("evaluation", "graph", "features", "triplets", "training", "related")
+    params = {**{k: getattr(cfg, k).model_dump() for k in sections}, "reuse": reuse}
     lineage = Lineage.new("evaluate", params, run_id)
     rows, counts = [], {}
     for dataset in ev.datasets:
-        dataset_rows, counts[dataset] = _evaluate_dataset(spark, cfg, dataset, lineage.run_id)
+        dataset_rows, counts[dataset] = _evaluate_dataset(spark, cfg, dataset, lineage.run_id, reuse)
         rows += dataset_rows
     metrics = pd.DataFrame(rows)
     store = TableStore(spark, cfg.storage)

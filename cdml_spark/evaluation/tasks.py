@@ -6,7 +6,10 @@ Items are rows 0..N-1 of a `Catalog`. A method scores items for a batch of queri
 - `popularity`: training-period distinct users of the candidate;
 - `cooccurrence_cf`: the training co-watch graph's cosine score (a user sums it over the history),
   ties broken by popularity; defined for warm items only (a cold item has no co-watch data);
-- `random`: uniform scores from a seeded generator.
+- `random`: uniform scores from a seeded generator;
+- `related_<fusion>` (retrieval only: it ranks videos like one video): the `related_videos` blend of the
+  co-watch score and the `cdml_<fusion>` cosine, weighted by the query's co-watch support
+  (`cdml_spark.serving.blend`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cdml_spark.evaluation.metrics import (
     mean_ranking_metric,
     rank_items,
 )
+from cdml_spark.serving.blend import blend
 
 __all__ = [
     "Catalog",
@@ -31,6 +35,8 @@ __all__ = [
     "Users",
     "classification",
     "recommendation",
+    "related_method",
+    "related_scorers",
     "retrieval",
     "scorers",
 ]
@@ -62,12 +68,17 @@ class Graph:
             np.add.at(out, self.indices[lo:hi], self.scores[lo:hi])
         return out
 
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """Dense [len(items), size] rows of `items`."""
+        return np.stack([self.row_sum([i]) for i in items]) if len(items) else np.zeros((0, self.size))
+
 
 @dataclass
 class Catalog:
     ids: np.ndarray  # [N] video ids
     split: np.ndarray  # [N] train / validation / cold_test
     popularity: np.ndarray  # [N] training-period distinct users
+    support: np.ndarray  # [N] training-period co-watch support (video_stats.user_days)
     graph: Graph  # training co-watch scores
     raw: np.ndarray  # [N, D] unit-norm concatenated content features
     genres: list[list[str]] = field(default_factory=list)
@@ -88,26 +99,59 @@ class MetricRow:
     support: int
 
 
+def _vector_scorer(matrix: np.ndarray) -> Scorer:
+    """Mean cosine to the group's items (unit rows of `matrix`)."""
+    return lambda groups: np.stack([matrix[g].mean(axis=0) for g in groups]) @ matrix.T
+
+
 def scorers(catalog: Catalog, vectors: dict[str, np.ndarray], seed: int) -> dict[str, Scorer]:
     """Every method's scorer: baselines plus one per entry of `vectors` (name -> [N, d] unit rows)."""
     rng = np.random.default_rng(seed)
     tie_break = 1e-6 * catalog.popularity / max(catalog.popularity.max(), 1.0)
-
-    def vector_scorer(matrix: np.ndarray) -> Scorer:
-        return lambda groups: np.stack([matrix[g].mean(axis=0) for g in groups]) @ matrix.T
-
     out: dict[str, Scorer] = {
         "random": lambda groups: rng.random((len(groups), catalog.size)),
         "popularity": lambda groups: np.tile(catalog.popularity.astype(float), (len(groups), 1)),
         "cooccurrence_cf": lambda groups: np.stack([catalog.graph.row_sum(g) for g in groups]) + tie_break,
-        "raw_features": vector_scorer(catalog.raw),
+        "raw_features": _vector_scorer(catalog.raw),
     }
-    out.update({name: vector_scorer(matrix) for name, matrix in vectors.items()})
+    out.update({name: _vector_scorer(matrix) for name, matrix in vectors.items()})
     return out
 
 
-def _defined(method: str, item_split: str) -> bool:
-    """Co-occurrence CF is undefined for cold items: they have no co-watch data."""
+def related_method(vector_method: str) -> str:
+    """The blend method of a `cdml_<fusion>` vector method: `related_<fusion>`."""
+    return vector_method.replace("cdml_", "related_", 1)
+
+
+def related_scorers(
+    catalog: Catalog, vectors: dict[str, np.ndarray], half_weight: float
+) -> dict[str, Scorer]:
+    """`related_<fusion>` per `cdml_<fusion>` entry of `vectors`: `blend` of the query's co-watch row
+    and its cosines (computed as `cdml_<fusion>` computes them), weighted by the query's support. A
+    query is one video."""
+
+    def related_scorer(matrix: np.ndarray) -> Scorer:
+        cosine = _vector_scorer(matrix)
+
+        def score(groups: list[np.ndarray]) -> np.ndarray:
+            queries = np.array([g.item() for g in groups], dtype=int)
+            cowatch = catalog.graph.rows(queries)
+            return blend(cowatch, cosine(groups), catalog.support[queries][:, None], half_weight)
+
+        return score
+
+    return {
+        related_method(name): related_scorer(matrix)
+        for name, matrix in vectors.items()
+        if name.startswith("cdml_")
+    }
+
+
+def _defined(task: str, method: str, item_split: str) -> bool:
+    """Co-occurrence CF is undefined for cold items (they have no co-watch data); a `related_*` list
+    ranks videos like one video: retrieval only."""
+    if method.startswith("related_"):
+        return task == "retrieval"
     return not (method == "cooccurrence_cf" and item_split == "cold")
 
 
@@ -154,7 +198,7 @@ def retrieval(
             continue
         metrics = [(m, k) for k in ks for m in ("ndcg", "map")]
         for method, scorer in methods.items():
-            if not _defined(method, item_split):
+            if not _defined("retrieval", method, item_split):
                 continue
             groups = [np.array([q]) for q in queries]
             ranked = list(_ranked(scorer, groups, groups, None, max(ks)))
@@ -183,7 +227,7 @@ def recommendation(catalog: Catalog, methods: dict[str, Scorer], users: Users, k
         if not keep:
             continue
         for method, scorer in methods.items():
-            if not _defined(method, item_split):
+            if not _defined("recommendation", method, item_split):
                 continue
             groups = [users.history[u] for u in keep]
             ranked = list(_ranked(scorer, groups, [users.watched[u] for u in keep], allowed, k))
