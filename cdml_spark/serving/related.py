@@ -6,7 +6,7 @@ exact embedding cosine (the `video_embeddings` snapshot, read once per Python wo
 score (0 outside `cowatch_edges`). A video outside both lists has co-watch score 0 and a cosine below
 every listed embedding neighbour, so (with exact neighbours) the `neighbors.k` rows kept are the top
 `neighbors.k` of the blend over the whole catalog. Videos in `related.exclude_table` get no
-rows and are never a neighbour."""
+rows and are dropped from every candidate list (a list can then be shorter)."""
 
 from __future__ import annotations
 
