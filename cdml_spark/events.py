@@ -19,7 +19,14 @@ from pyspark.sql import types as T
 from cdml_spark.config import AppConfig, EventsConfig
 from cdml_spark.datasets import MOVIELENS, movielens_events
 from cdml_spark.errors import InputSchemaError, RefusedWrite
-from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore, check_quarantine
+from cdml_spark.tables import (
+    WATCH_EVENTS,
+    WATCH_EVENTS_QUARANTINE,
+    Lineage,
+    TableStore,
+    check_quarantine,
+    dates_in,
+)
 
 __all__ = ["IngestReport", "ingest_events", "read_events_source", "run_ingest", "validate_events"]
 
@@ -233,7 +240,7 @@ def _replaced_dates(valid: DataFrame, dates: tuple[date, date] | None) -> str:
     present = sorted(r["event_date"] for r in valid.select("event_date").distinct().collect())
     if not present:
         raise RefusedWrite("watch_events not changed: the input has no valid event to append")
-    return "event_date IN (" + ", ".join(f"DATE'{d}'" for d in present) + ")"
+    return dates_in("event_date", present)
 
 
 def run_ingest(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> IngestReport:

@@ -99,9 +99,12 @@ class DayRange:
     lookback: int
 
     @classmethod
-    def of(cls, params: GraphConfig, latest_event_day: int | None) -> DayRange:
-        """The window of `params` (as_of, else `latest_event_day`, else unbounded)."""
-        last = (params.as_of - EPOCH).days if params.as_of else latest_event_day
+    def of(cls, params: GraphConfig, events: DataFrame) -> DayRange:
+        """The window of `params`: it ends at as_of, else (with window_days) at the latest event's day,
+        else it is unbounded (no scan of `events` for its latest day)."""
+        last = (params.as_of - EPOCH).days if params.as_of else None
+        if last is None and params.window_days:
+            last = latest_event_day(events)
         last = _FAR if last is None else last
         first = last - params.window_days + 1 if params.window_days else -_FAR
         return cls(first, last, lookback_days(params))
@@ -227,8 +230,6 @@ def _carried(
         at = np.minimum(np.searchsorted(groups, target), len(groups) - 1)
         hit = (groups[at] == target) & (first_watch[at] - ts <= window)
         found.append((user[hit], day[hit] + ahead, video[hit]))
-    if not found:
-        return user[:0], day[:0], video[:0]
     carried, _ = group_sum([np.concatenate(parts) for parts in zip(*found, strict=True)])
     kept_there = _member(carried, [user, day, video])
     return tuple(c[~kept_there] for c in carried)
@@ -380,7 +381,7 @@ def _window_counts(
 
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
     """The whole graph rule on `events` (full mode, unpersisted): directed top-N rows with cosine scores."""
-    days = DayRange.of(params, latest_event_day(events) if params.window_days and not params.as_of else None)
+    days = DayRange.of(params, events)
     pairs, user_days, _ = _window_counts(events, params, days)
     return _top_neighbors(pairs, user_days, params)
 
@@ -436,7 +437,7 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
     store = TableStore(spark, cfg.storage)
     events = store.read(WATCH_EVENTS).select("user_id", "video_id", "event_ts")
     input_version = store.version(WATCH_EVENTS)
-    days = DayRange.of(params, latest_event_day(events) if not params.as_of else None)
+    days = DayRange.of(params, events)
     lineage = Lineage.new(
         "build_graph",
         {"graph": params.model_dump(), "watch_events_version": input_version, "days": days.describe()},

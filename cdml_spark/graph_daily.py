@@ -35,7 +35,14 @@ from cdml_spark.graph import (
     video_keys,
     with_ids,
 )
-from cdml_spark.tables import COWATCH_DAILY_PAIRS, COWATCH_DAILY_VIDEOS, COWATCH_DAYS, Lineage, TableStore
+from cdml_spark.tables import (
+    COWATCH_DAILY_PAIRS,
+    COWATCH_DAILY_VIDEOS,
+    COWATCH_DAYS,
+    Lineage,
+    TableStore,
+    dates_in,
+)
 
 __all__ = ["daily_window_counts"]
 
@@ -74,11 +81,6 @@ def _as_date(day: int) -> date:
     return EPOCH + timedelta(days=day)
 
 
-def _day_condition(days: list[int]) -> str:
-    """SQL condition on the `day` partition column for `days` (never empty: callers check)."""
-    return "day IN (" + ", ".join(f"DATE'{_as_date(d)}'" for d in days) + ")"
-
-
 def _compute_days(
     store: TableStore,
     events: DataFrame,
@@ -107,7 +109,7 @@ def _compute_days(
         F.xxhash64("video_id").alias("key"),
         F.col("user_days").alias("exposed_users"),
     )
-    replaced = _day_condition(sorted({*stale, *dropped}))
+    replaced = dates_in("day", [_as_date(d) for d in sorted({*stale, *dropped})])
     store.write(COWATCH_DAILY_PAIRS, pairs, lineage, replace_where=replaced)
     store.write(COWATCH_DAILY_VIDEOS, exposed, lineage, replace_where=replaced)
     rows.unpersist()

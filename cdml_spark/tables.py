@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -50,6 +50,7 @@ __all__ = [
     "TableSpec",
     "TableStore",
     "check_quarantine",
+    "dates_in",
     "quote_dotted",
     "triplets_spec",
     "video_features_spec",
@@ -415,6 +416,11 @@ class Lineage:
             F.lit(self.params_hash).alias("params_hash"),
             F.lit(self.built_at.replace(tzinfo=None)).cast("timestamp").alias("built_at"),
         ]
+
+
+def dates_in(column: str, dates: Iterable[date]) -> str:
+    """SQL condition `column IN (DATE'…', …)` for a replaceWhere (`dates` must not be empty)."""
+    return f"{column} IN (" + ", ".join(f"DATE'{d}'" for d in dates) + ")"
 
 
 def check_quarantine(
