@@ -168,7 +168,12 @@ class EventsConfig(_Strict):
         default=None,
         pattern=r"^(yesterday|today|\d{4}-\d{2}-\d{2}(\.\.\d{4}-\d{2}-\d{2})?)$",
         description="Ingest only events on these UTC dates: YYYY-MM-DD, YYYY-MM-DD..YYYY-MM-DD (inclusive), "
-        "or yesterday / today (UTC, when the job runs)",
+        "or yesterday / today (relative to events.run_date)",
+    )
+    run_date: date | None = Field(
+        default=None,
+        description="The run's date, which `yesterday` and `today` are relative to (default: today, UTC); "
+        "a scheduled job passes its start date so that a retry or a late repair reads the same day",
     )
     date_column: str | None = Field(
         default=None,
@@ -186,7 +191,8 @@ class EventsConfig(_Strict):
         if self.dates is None:
             return None
         if self.dates in ("yesterday", "today"):
-            day = datetime.now(UTC).date() - timedelta(days=self.dates == "yesterday")
+            today = self.run_date or datetime.now(UTC).date()
+            day = today - timedelta(days=self.dates == "yesterday")
             return day, day
         first, _, last = self.dates.partition("..")
         bounds = (date.fromisoformat(first), date.fromisoformat(last or first))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -80,13 +81,29 @@ def target_variables(target: str) -> dict[str, str]:
     return {k: str(v) for k, v in values.items()}
 
 
-def target_config(target: str) -> AppConfig:
-    """What a task of `target` runs with: conf/databricks.yaml plus the task's `--set` overrides."""
+RUN_DATE = "2026-11-29"  # what Databricks puts for {{job.start_time.iso_date}} in a run that day
+
+
+def job_parameters(**given: str) -> dict[str, str]:
+    """The job's parameters in a run started on RUN_DATE: their defaults, or `given` values."""
+    ((_, job),) = bundle_jobs().values()
+    defaults = {
+        p["name"]: p["default"].replace("{{job.start_time.iso_date}}", RUN_DATE) for p in job["parameters"]
+    }
+    return {**defaults, **given}
+
+
+def target_config(target: str, **parameters: str) -> AppConfig:
+    """What a task of `target` runs with: conf/databricks.yaml plus the task's `--set` overrides, in a
+    run started on RUN_DATE with the job parameters `parameters` (else their defaults)."""
     ((_, job),) = bundle_jobs().values()
     params = job["tasks"][0]["spark_python_task"]["parameters"]
     assert set(params[2::2]) == {"--set"}
-    variables = target_variables(target)
+    variables, values = target_variables(target), job_parameters(**parameters)
     overrides = [re.sub(r"\$\{var\.(\w+)\}", lambda m: variables[m.group(1)], p) for p in params[3::2]]
+    overrides = [
+        re.sub(r"\{\{job\.parameters\.(\w+)\}\}", lambda m: values[m.group(1)], p) for p in overrides
+    ]
     return load_config(ROOT / "conf" / "databricks.yaml", overrides)
 
 
@@ -104,13 +121,22 @@ def test_dev_target_never_points_at_prod():
         and BUNDLE["targets"]["prod"]["mode"] == "production"
     )
     dev, prod = target_config("dev"), target_config("prod")
-    assert prod == load_config(ROOT / "conf" / "databricks.yaml")  # prod runs the shipped config as is
+    # prod runs the shipped config as is, on the run's date
+    assert prod == load_config(ROOT / "conf" / "databricks.yaml", [f"events.run_date={RUN_DATE}"])
     assert dev.storage.database != prod.storage.database
     dev_root, prod_root = (target_variables(t)["volume_root"] for t in ("dev", "prod"))
     assert not f"{dev_root}/".startswith(f"{prod_root}/") and not f"{prod_root}/".startswith(f"{dev_root}/")
     for cfg, root in ((dev, dev_root), (prod, prod_root)):
         volumes = [s for s in strings(cfg.model_dump()) if s.startswith("/Volumes/")]
         assert volumes and all(v.startswith(f"{root}/") for v in volumes), volumes
+
+
+def test_scheduled_run_ingests_the_day_before_it_started_and_a_backfill_its_range():
+    scheduled = target_config("prod")
+    assert scheduled.events.mode == "append" and scheduled.graph.mode == "incremental"
+    assert scheduled.events.date_range() == (date(2026, 11, 28), date(2026, 11, 28))
+    backfill = target_config("prod", dates="2026-01-01..2026-01-31")
+    assert backfill.events.date_range() == (date(2026, 1, 1), date(2026, 1, 31))
 
 
 def test_databricks_config_targets_unity_catalog():

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from cdml_spark.config import AppConfig, load_config
 from cdml_spark.errors import ConfigError
+from cdml_spark.evaluation.protocols import workspace_config
 from cdml_spark.sql_queries import render
 from cdml_spark.tables import VIDEO_METADATA, Lineage, TableStore
 from tests.conftest import ROOT, make_config
@@ -144,3 +145,12 @@ def test_related_keys_are_checked():
         load_config(ROOT / "conf/local.yaml", ["related.exclude_table='x; DROP TABLE y'"])
     with pytest.raises(ConfigError, match="config key 'related.support_half_weight'"):
         load_config(ROOT / "conf/local.yaml", ["related.support_half_weight=0"])
+
+
+def test_evaluation_workspaces_read_the_whole_dataset_whatever_the_daily_schedule_says():
+    daily = load_config(ROOT / "conf" / "databricks.yaml")
+    assert daily.events.mode == "append" and daily.graph.window_days
+    for protocol in ("time_split", "user_holdout"):
+        ecfg = workspace_config(daily, "movielens-1m", protocol)
+        assert (ecfg.events.mode, ecfg.events.dates) == ("replace", None)
+        assert (ecfg.graph.mode, ecfg.graph.window_days, ecfg.graph.as_of) == ("full", None, None)

@@ -84,7 +84,10 @@ def workspace_config(cfg: AppConfig, dataset: str, protocol: Protocol) -> AppCon
     return cfg.model_copy(
         update={
             "storage": storage,
-            "events": cfg.events.model_copy(update={"source": dataset}),
+            # the protocol reads the whole dataset and builds its graph from scratch, whatever the
+            # scheduled (daily, incremental) configuration says
+            "events": cfg.events.model_copy(update={"source": dataset, "mode": "replace", "dates": None}),
+            "graph": cfg.graph.model_copy(update={"mode": "full", "window_days": None, "as_of": None}),
             "features": features,
             "triplets": triplets,
             "training": training,
