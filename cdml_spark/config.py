@@ -385,6 +385,11 @@ class TrainingConfig(_Strict):
 class EmbeddingConfig(_Strict):
     model_version: str | None = Field(default=None, description="null = <training.model_dir>/LATEST")
     batch_size: int = Field(default=4096, ge=1)
+    incremental: bool = Field(
+        default=True,
+        description="With the model of the current video_embeddings: embed only videos whose features "
+        "changed (or are new) and delete those that left video_features, in one MERGE; false: all",
+    )
 
 
 class AnnConfig(_Strict):
@@ -405,6 +410,12 @@ class NeighborsConfig(_Strict):
         default=4096,
         ge=1,
         description="Exact mode: queries per batch and candidates per matrix multiply (score block = block_size²)",
+    )
+    incremental: bool = Field(
+        default=True,
+        description="With the model of the current video_neighbors: search again only for videos whose "
+        "embedding changed and lists that held a changed or removed video; other lists merge in the "
+        "changed videos (one MERGE); false: all",
     )
     ann: AnnConfig = AnnConfig()
 

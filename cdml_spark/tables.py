@@ -266,6 +266,7 @@ VIDEO_EMBEDDINGS = TableSpec(
         _field("video_id", T.StringType(), "The video", False),
         _field("embedding", T.ArrayType(T.FloatType()), "Unit-norm embedding; cosine = dot product", False),
         _field("model_version", T.StringType(), "Model that produced it", False),
+        _field("features_hash", T.LongType(), "xxhash64 of the feature vectors it was computed from", False),
     ),
 )
 
@@ -278,6 +279,9 @@ VIDEO_NEIGHBORS = TableSpec(
         _field("rank", T.IntegerType(), "1 = most similar", False),
         _field("score", T.FloatType(), "Cosine similarity", False),
         _field("model_version", T.StringType(), "Model of the embeddings", False),
+        _field(
+            "embedding_hash", T.LongType(), "xxhash64 of the query video's embedding the list is for", False
+        ),
     ),
 )
 
@@ -485,12 +489,15 @@ class TableStore:
             return os.path.isdir(os.path.join(self.path(spec), "_delta_log"))
         return self.spark.catalog.tableExists(self.qualified(spec))
 
-    def read(self, spec: TableSpec) -> DataFrame:
+    def read(self, spec: TableSpec, version: int | None = None) -> DataFrame:
+        """The table's current rows, or those of an earlier `version` (Delta time travel)."""
         if not self.exists(spec):
             raise FileNotFoundError(
                 f"table {self.qualified(spec)} does not exist yet ({self.path(spec) or ''}): "
                 "run the job that builds it first"
             )
+        if version is not None:
+            return self.spark.sql(f"SELECT * FROM {self.identifier(spec)} VERSION AS OF {int(version)}")
         if self.local:  # by path: the session catalog may hold another tables_root's registration
             return self.spark.read.format("delta").load(self.path(spec))
         return self.spark.table(self.qualified(spec))
@@ -617,6 +624,63 @@ class TableStore:
         log.info("%s: %s rows written (v%s)", self.qualified(spec), f"{rows:,}", self.version(spec))
         return rows
 
+    def upsert(
+        self,
+        spec: TableSpec,
+        rows: DataFrame,
+        lineage: Lineage,
+        keys: list[str],
+        deleted: DataFrame | None = None,
+        inputs: dict | None = None,
+    ) -> int:
+        """One Delta MERGE on `keys`: `rows` replace the rows with their keys or are added, and the rows
+        whose keys are in `deleted` (a frame of the key columns) are removed; other rows keep their
+        values and lineage. The commit's userMetadata holds the run id, the rows upserted and deleted
+        and `inputs`, as `write` records them. Returns the rows upserted."""
+        out = rows.select(
+            *[F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.fields],
+            *lineage.columns(),
+            F.lit(False).alias("_delete"),
+        )
+        if deleted is not None:
+            out = out.unionByName(
+                deleted.select(*keys).withColumn("_delete", F.lit(True)), allowMissingColumns=True
+            )
+        out = out.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            upserted = out.where(~F.col("_delete")).count()
+            removed = out.count() - upserted
+            if upserted == removed == 0:
+                log.info("%s: nothing to change (stays at v%s)", self.qualified(spec), self.version(spec))
+                return 0
+            metadata = {"run_id": lineage.run_id, "rows": upserted, "deleted": removed, **(inputs or {})}
+            values = {c: F.col(f"s.{c}") for c in [f.name for f in (*spec.fields, *_LINEAGE_FIELDS)]}
+            self.spark.conf.set(
+                "spark.databricks.delta.commitInfo.userMetadata", json.dumps(metadata, default=str)
+            )
+            try:
+                (
+                    self.delta_table(spec)
+                    .alias("t")
+                    .merge(out.alias("s"), " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys))
+                    .whenMatchedDelete("s._delete")
+                    .whenMatchedUpdate(set=values)
+                    .whenNotMatchedInsert("NOT s._delete", values=values)
+                    .execute()
+                )
+            finally:
+                self.spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+        finally:
+            out.unpersist()
+        log.info(
+            "%s: %s rows upserted, %s deleted (v%s)",
+            self.qualified(spec),
+            f"{upserted:,}",
+            f"{removed:,}",
+            self.version(spec),
+        )
+        return upserted
+
     def _check_rows(self, spec: TableSpec, rows: int, replace_where: str | None = None) -> None:
         """Refuse an empty result, or one under `min_row_ratio` × the current version's rows (those
         matching `replace_where`, when given)."""
@@ -662,7 +726,9 @@ class TableStore:
         builder = builder.addColumns(spec.schema).partitionedBy(*spec.partition_by).comment(spec.comment)
         for key, value in _retention_properties(self.storage.retention_hours).items():
             builder = builder.property(key, value)
-        builder.execute()
+        # some jobs read a snapshot's parquet files directly (training loader, neighbour search): an
+        # upsert (MERGE) must rewrite files, not mark rows deleted (Databricks enables these by default)
+        builder.property("delta.enableDeletionVectors", "false").execute()
         if self.local:
             self._register(spec.name)
 

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cdml_spark.serving.embed import embed_catalog
 from cdml_spark.serving.neighbors import build_neighbors
 from cdml_spark.serving.top_k import ann_recall, ann_top_k, blocked_top_k, exact_top_k
 from cdml_spark.sql_queries import render, run_sql_file
@@ -20,10 +21,12 @@ from cdml_spark.tables import (
     VIDEO_NEIGHBORS,
     VIDEO_STATS,
     WATCH_EVENTS,
+    Lineage,
     TableStore,
     video_features_spec,
 )
 from cdml_spark.training.model import load_model
+from tests.conftest import make_config
 
 
 def numpy_top_k(matrix, ids, query, k, exclude):
@@ -206,3 +209,58 @@ def test_summary_shows_a_featured_video_by_cowatch_and_by_embedding(spark, serve
     assert (
         f'like "{featured}" (co-watch weight ' in related and 'like "v200" (co-watch weight 0.00):' in related
     )
+
+
+def _write_features(store: TableStore, cfg, features: dict[str, tuple[list, list]]) -> None:
+    rows = [(vid, vis, aud, "v1") for vid, (vis, aud) in sorted(features.items())]
+    frame = store.spark.createDataFrame(
+        rows, "video_id string, vis array<float>, aud array<float>, feature_version string"
+    )
+    store.write(video_features_spec(cfg.features.modalities), frame, Lineage.new("test", {}))
+
+
+def test_changed_features_update_embeddings_and_neighbors_like_a_full_rebuild(spark, served, tmp_path):
+    """Embed and search 300 videos, then change 2, remove 1 and add 3: the incremental runs embed only
+    the 5 changed or new videos and leave every list equal to a brute force over the new catalog."""
+    cfg, _, _, _, artifact = served
+    cfg = cfg.model_copy(update={"storage": make_config(tmp_path).storage})
+    store = TableStore(spark, cfg.storage)
+    rng = np.random.default_rng(7)
+    features = {f"u{i:03d}": (rng.normal(size=4).tolist(), rng.normal(size=3).tolist()) for i in range(300)}
+    _write_features(store, cfg, features)
+    assert embed_catalog(spark, cfg)["embedded"] == 300
+    build_neighbors(spark, cfg)
+    for vid in ("u010", "u200"):
+        features[vid] = (rng.normal(size=4).tolist(), features[vid][1])
+    del features["u050"]
+    features |= {f"n{i}": (rng.normal(size=4).tolist(), rng.normal(size=3).tolist()) for i in range(3)}
+    _write_features(store, cfg, features)
+
+    assert embed_catalog(spark, cfg)["embedded"] == 5
+    report = build_neighbors(spark, cfg)
+    assert report["update"] == "incremental"
+    emb = store.read(VIDEO_EMBEDDINGS).toPandas().sort_values("video_id")
+    ids, matrix = list(emb["video_id"]), np.stack(emb["embedding"]).astype(np.float64)
+    assert ids == sorted(features)
+    with torch.no_grad():
+        direct = load_model(str(artifact))(
+            {
+                "vis": torch.tensor([features[v][0] for v in ids], dtype=torch.float32),
+                "aud": torch.tensor([features[v][1] for v in ids], dtype=torch.float32),
+            }
+        )
+    assert np.allclose(matrix, direct.numpy(), atol=1e-6)
+    lists: dict[str, list] = {}
+    for r in sorted(store.read(VIDEO_NEIGHBORS).collect(), key=lambda r: (r.video_id, r.rank)):
+        lists.setdefault(r.video_id, []).append((r.neighbor_id, r.score))
+    assert sorted(lists) == ids
+    for i, vid in enumerate(ids):
+        exp_ids, exp_scores = numpy_top_k(matrix, ids, matrix[i], 5, {vid})
+        assert [n for n, _ in lists[vid]] == exp_ids, vid
+        assert np.allclose([s for _, s in lists[vid]], exp_scores, atol=1e-5)
+
+    versions = store.version(VIDEO_EMBEDDINGS), store.version(VIDEO_NEIGHBORS)
+    assert (
+        embed_catalog(spark, cfg)["embedded"] == 0 and build_neighbors(spark, cfg)["update"] == "incremental"
+    )
+    assert (store.version(VIDEO_EMBEDDINGS), store.version(VIDEO_NEIGHBORS)) == versions  # nothing changed

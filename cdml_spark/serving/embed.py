@@ -66,8 +66,20 @@ def current_embeddings(store: TableStore) -> tuple[DataFrame, str]:
     return embeddings, embeddings.select("model_version").first()["model_version"]
 
 
+def _held(store: TableStore, cfg: AppConfig, version: str) -> DataFrame | None:
+    """(video_id, features_hash) of the current `video_embeddings` when an incremental run can build
+    on them: the table exists, incremental mode is on and its rows come from model `version`."""
+    if not (cfg.embedding.incremental and store.exists(VIDEO_EMBEDDINGS)):
+        return None
+    held = store.read(VIDEO_EMBEDDINGS)
+    models = [r["model_version"] for r in held.select("model_version").distinct().collect()]
+    return held.select("video_id", "features_hash") if models == [version] else None
+
+
 def embed_catalog(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:
-    """Job entry: embed every video in `video_features` with the configured model."""
+    """Job entry: embed every video in `video_features` with the configured model. With the model of
+    the current table (and `embedding.incremental`), only videos whose feature vectors changed or are
+    new are embedded and upserted, and videos that left `video_features` are deleted."""
     start = time.time()
     version, path = resolve_model(cfg)
     store = TableStore(spark, cfg.storage)
@@ -81,18 +93,34 @@ def embed_catalog(spark: SparkSession, cfg: AppConfig, run_id: str | None = None
     def task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             vectors = _embed_frame(path, names, batch, batch_size)
-            yield pd.DataFrame({"video_id": batch["video_id"], "embedding": list(vectors)})
+            yield pd.DataFrame(
+                {
+                    "video_id": batch["video_id"],
+                    "embedding": list(vectors),
+                    "features_hash": batch["features_hash"],
+                }
+            )
 
-    features = store.read(features_spec).select("video_id", *names)
-    embedded = features.mapInPandas(task, "video_id string, embedding array<float>")
-    store.write(VIDEO_EMBEDDINGS, embedded.withColumn("model_version", F.lit(version)), lineage)
+    features = store.read(features_spec).select("video_id", *names, F.xxhash64(*names).alias("features_hash"))
+    schema = "video_id string, embedding array<float>, features_hash long"
+    held = _held(store, cfg, version)
+    if held is None:
+        embedded = features.mapInPandas(task, schema).withColumn("model_version", F.lit(version))
+        written = store.write(VIDEO_EMBEDDINGS, embedded, lineage)
+    else:
+        todo = features.join(held, ["video_id", "features_hash"], "left_anti")
+        gone = held.join(features.select("video_id"), "video_id", "left_anti").select("video_id")
+        embedded = todo.mapInPandas(task, schema).withColumn("model_version", F.lit(version))
+        written = store.upsert(VIDEO_EMBEDDINGS, embedded, lineage, ["video_id"], deleted=gone)
     count = store.read(VIDEO_EMBEDDINGS).count()
     seconds = time.time() - start
     log.info(
-        "embed_catalog: %s videos with model %s in %.1fs (%.0f videos/s)",
+        "embed_catalog: %s of %s videos embedded (%s) with model %s in %.1fs (%.0f videos/s)",
+        f"{written:,}",
         f"{count:,}",
+        "all" if held is None else "changed or new only",
         version,
         seconds,
-        count / max(seconds, 1e-9),
+        written / max(seconds, 1e-9),
     )
-    return {"videos": count, "model_version": version, "seconds": seconds}
+    return {"videos": count, "embedded": written, "model_version": version, "seconds": seconds}

@@ -16,6 +16,14 @@ from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
 from cdml_spark.serving.embed import current_embeddings
+from cdml_spark.serving.neighbor_updates import (
+    NeighborUpdate,
+    entering,
+    hashed,
+    merged,
+    plan_update,
+    search_settings,
+)
 from cdml_spark.serving.top_k import (
     RESULT_SCHEMA,
     ann_recall,
@@ -100,7 +108,8 @@ def neighbor_search(
 
 
 def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:
-    """Job entry: replace `video_neighbors` from the current `video_embeddings`."""
+    """Job entry: `video_neighbors` of the current `video_embeddings`: rebuilt in full, or (same model
+    and search settings, `neighbors.incremental`) updated where embeddings changed (neighbor_updates)."""
     start = time.time()
     store = TableStore(spark, cfg.storage)
     embeddings, version = current_embeddings(store)
@@ -109,18 +118,78 @@ def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
         {"neighbors": cfg.neighbors.model_dump(), "embeddings": store.version(VIDEO_EMBEDDINGS)},
         run_id,
     )
-    result, recall = neighbor_search(spark, cfg, store, embeddings)
-    rows = result.select(F.col("query_id").alias("video_id"), "neighbor_id", "rank", "score").withColumn(
-        "model_version", F.lit(version)
-    )
-    store.write(VIDEO_NEIGHBORS, rows, lineage)
+    inputs = {"search": search_settings(cfg), "embeddings_version": store.version(VIDEO_EMBEDDINGS)}
+    update = plan_update(store, cfg, embeddings, version)
+    recall = None
+    if update is None:
+        result, recall = neighbor_search(spark, cfg, store, embeddings)
+        store.write(VIDEO_NEIGHBORS, _rows(result, embeddings, version), lineage, inputs=inputs)
+    else:
+        _apply(spark, cfg, store, embeddings, version, update, lineage, inputs)
     count = store.read(VIDEO_NEIGHBORS).count()
     seconds = time.time() - start
     log.info(
-        "build_neighbors: %s rows (%s mode, k=%d) in %.1fs",
+        "build_neighbors: %s rows (%s mode, k=%d, %s) in %.1fs",
         f"{count:,}",
         cfg.neighbors.mode,
         cfg.neighbors.k,
+        "full rebuild" if update is None else "incremental",
         seconds,
     )
-    return {"rows": count, "mode": cfg.neighbors.mode, "recall": recall, "seconds": seconds}
+    return {
+        "rows": count,
+        "mode": cfg.neighbors.mode,
+        "update": "full" if update is None else "incremental",
+        "recall": recall,
+        "seconds": seconds,
+    }
+
+
+def _rows(result: DataFrame, embeddings: DataFrame, version: str) -> DataFrame:
+    """`video_neighbors` rows from RESULT_SCHEMA rows, with the query's embedding hash."""
+    return result.join(
+        hashed(embeddings).select(F.col("video_id").alias("query_id"), "embedding_hash"), "query_id"
+    ).select(
+        F.col("query_id").alias("video_id"),
+        "neighbor_id",
+        "rank",
+        "score",
+        F.lit(version).alias("model_version"),
+        "embedding_hash",
+    )
+
+
+def _apply(
+    spark: SparkSession,
+    cfg: AppConfig,
+    store: TableStore,
+    embeddings: DataFrame,
+    version: str,
+    update: NeighborUpdate,
+    lineage: Lineage,
+    inputs: dict,
+) -> None:
+    """Search `update.research` again, merge the changed videos into the other lists they enter, delete
+    the removed videos' lists and the ranks a list no longer fills: one MERGE."""
+    k = cfg.neighbors.k
+    lists = store.read(VIDEO_NEIGHBORS)
+    searched, _ = neighbor_search(
+        spark, cfg, store, embeddings.join(update.research, "video_id", "left_semi")
+    )
+    others = embeddings.join(update.research, "video_id", "left_anti")
+    gained = entering(
+        spark,
+        lists.join(others, "video_id", "left_semi"),
+        others,
+        update.changed,
+        k,
+        cfg.neighbors.block_size,
+    )
+    rows = _rows(searched.unionByName(merged(lists, gained, k)), embeddings, version).persist()
+    stale = lists.join(
+        rows.select("video_id").distinct().unionByName(update.removed), "video_id", "left_semi"
+    )
+    deleted = stale.select("video_id", "rank").join(rows, ["video_id", "rank"], "left_anti")
+    store.upsert(VIDEO_NEIGHBORS, rows, lineage, ["video_id", "rank"], deleted=deleted, inputs=inputs)
+    rows.unpersist()
+    update.research.unpersist()
