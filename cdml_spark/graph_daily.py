@@ -7,8 +7,10 @@ records the hash each day was computed from: the graph parameters that shape a d
 for each of those input days, its event count and the XOR of its rows' hashes (`watch_events` has no
 duplicate rows). A run recomputes only the window's days that are missing or whose hash changed
 (an appended, re-ingested or corrected day, or the day after it), replaces them in place (Delta
-replaceWhere on the day partition), drops days that left the window, and sums the window's days into
-the same pairs and c_i that the full mode computes from the events.
+replaceWhere on the day partition), drops days that left the window, and brings the window's sums
+up to date: `cowatch_window_pairs` gains the changed days' new counts and loses their old ones
+(instead of re-summing every day), c_i is summed again (videos × days is small). The result is the
+same pairs and c_i that the full mode computes from the events.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from cdml_spark.tables import (
     COWATCH_DAILY_PAIRS,
     COWATCH_DAILY_VIDEOS,
     COWATCH_DAYS,
+    COWATCH_WINDOW_PAIRS,
     Lineage,
     TableStore,
     dates_in,
@@ -138,15 +141,14 @@ def daily_window_counts(
         len(dropped),
         len(window) - len(stale),
     )
+    before = store.version(COWATCH_DAILY_PAIRS) if store.exists(COWATCH_DAILY_PAIRS) else None
     if stale or dropped:
         _compute_days(store, events, params, stale, dropped, lineage)
         status = [(_as_date(d), wanted[d], fingerprints.get(d, (0, 0))[0]) for d in window]
         store.write(COWATCH_DAYS, store.spark.createDataFrame(status, _DAYS_SCHEMA), lineage)
 
-    in_window = F.expr("unix_date(day)").between(days.first, days.last)
-    user_days = (
+    user_days = (  # the per-day tables hold exactly the window's days
         store.read(COWATCH_DAILY_VIDEOS)
-        .where(in_window)
         .groupBy("video_id", "key")
         .agg(F.sum("exposed_users").alias("user_days"))
         .persist()
@@ -154,11 +156,38 @@ def daily_window_counts(
     keys = user_days.select("key").distinct().count()
     if keys != user_days.count():
         raise VideoKeyCollision(f"{user_days.count():,} video ids in the window map to {keys:,} hash keys")
-    pairs = (
-        store.read(COWATCH_DAILY_PAIRS)
-        .where(in_window)
-        .groupBy("key_a", "key_b")
-        .agg(F.sum("cowatch_users").alias("cowatch_user_days"))
-        .where(F.col("cowatch_user_days") >= params.min_users)
-    )
+    totals = _window_totals(store, before, sorted({*stale, *dropped}), lineage)
+    pairs = totals.where(F.col("cowatch_user_days") >= params.min_users)
     return with_ids(pairs, user_days).persist(), user_days, [user_days]
+
+
+def _window_totals(store: TableStore, before: int | None, changed: list[int], lineage: Lineage) -> DataFrame:
+    """`cowatch_window_pairs` brought up to the current `cowatch_daily_pairs`. When it holds the sums
+    of version `before` (the one this run's day updates started from), it is updated by the changed
+    days' new rows minus their old rows (read at `before`); otherwise (first run, or a run that failed
+    between the two writes) it is summed again from every day held."""
+    now = store.version(COWATCH_DAILY_PAIRS)
+    noted = store.commit_inputs(COWATCH_WINDOW_PAIRS) if store.exists(COWATCH_WINDOW_PAIRS) else {}
+    if noted.get("daily_pairs_version") == now:
+        return store.read(COWATCH_WINDOW_PAIRS)
+    counts = F.col("cowatch_users").alias("n")
+    if before is not None and noted.get("daily_pairs_version") == before and changed:
+        on_changed_days = dates_in("day", [_as_date(d) for d in changed])
+        added = store.read(COWATCH_DAILY_PAIRS).where(on_changed_days).select("key_a", "key_b", counts)
+        removed = store.read(COWATCH_DAILY_PAIRS, version=before).where(on_changed_days)
+        held = store.read(COWATCH_WINDOW_PAIRS).select(
+            "key_a", "key_b", F.col("cowatch_user_days").alias("n")
+        )
+        terms = held.unionByName(added).unionByName(removed.select("key_a", "key_b", (-counts).alias("n")))
+        method = "delta"
+    else:
+        terms = store.read(COWATCH_DAILY_PAIRS).select("key_a", "key_b", counts)
+        method = "resum"
+    totals = terms.groupBy("key_a", "key_b").agg(F.sum("n").alias("cowatch_user_days"))
+    inputs = {"daily_pairs_version": now, "method": method, "changed_days": len(changed)}
+    store.write(COWATCH_WINDOW_PAIRS, totals.where("cowatch_user_days > 0"), lineage, inputs=inputs)
+    log.info(
+        "build_graph (incremental): window pair sums %s",
+        "updated by the changed days" if method == "delta" else "summed again",
+    )
+    return store.read(COWATCH_WINDOW_PAIRS)

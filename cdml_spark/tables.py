@@ -33,6 +33,7 @@ __all__ = [
     "COWATCH_DAILY_PAIRS",
     "COWATCH_DAILY_VIDEOS",
     "COWATCH_DAYS",
+    "COWATCH_WINDOW_PAIRS",
     "COWATCH_EDGES",
     "EVAL_METRICS",
     "FAULT_HOLD_ENV",
@@ -153,6 +154,18 @@ COWATCH_DAILY_PAIRS = TableSpec(
     ),
     partition_by=("day",),
     guarded=False,  # a day may have no pairs
+)
+
+COWATCH_WINDOW_PAIRS = TableSpec(
+    "cowatch_window_pairs",
+    "graph.mode=incremental: each pair's co-watching user-days summed over the days held in "
+    "cowatch_daily_pairs (the window); updated by the days added and removed, not re-summed.",
+    (
+        _field("key_a", T.LongType(), "xxhash64 of one video id (key_a < key_b)", False),
+        _field("key_b", T.LongType(), "xxhash64 of the other video id", False),
+        _field("cowatch_user_days", T.LongType(), "Sum of cowatch_users over the window's days (> 0)", False),
+    ),
+    guarded=False,  # its size follows the window, and it is rebuilt from cowatch_daily_pairs if in doubt
 )
 
 COWATCH_DAILY_VIDEOS = TableSpec(
@@ -366,6 +379,7 @@ ALL_TABLE_NAMES = tuple(
         COWATCH_EDGES,
         VIDEO_STATS,
         COWATCH_DAILY_PAIRS,
+        COWATCH_WINDOW_PAIRS,
         COWATCH_DAILY_VIDEOS,
         COWATCH_DAYS,
         video_features_spec(()),

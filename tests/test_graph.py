@@ -10,7 +10,15 @@ from pyspark.sql import functions as F
 
 from cdml_spark.events import ingest_events
 from cdml_spark.graph import build_graph
-from cdml_spark.tables import COWATCH_DAILY_PAIRS, COWATCH_DAYS, COWATCH_EDGES, VIDEO_STATS, TableStore
+from cdml_spark.tables import (
+    COWATCH_DAILY_PAIRS,
+    COWATCH_DAYS,
+    COWATCH_EDGES,
+    COWATCH_WINDOW_PAIRS,
+    VIDEO_STATS,
+    Lineage,
+    TableStore,
+)
 from tests.reference import brute_force_edges, brute_force_stats
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -170,6 +178,7 @@ def test_incremental_days_match_brute_force_and_full_mode(spark, cfg_factory):
         expected = brute_force_edges(so_far, 6, 6, 1, 4, day - timedelta(days=1), day)
         assert len(expected) > 10
         _assert_edges(_edges(store), expected)
+    assert store.commit_inputs(COWATCH_WINDOW_PAIRS)["method"] == "delta"  # not summed again
     held = {r.day for r in store.read(COWATCH_DAYS).collect()}
     assert held == set(days[-2:])  # the earlier days left the window
     assert {r.day for r in store.read(COWATCH_DAILY_PAIRS).select("day").distinct().collect()} <= held
@@ -179,10 +188,14 @@ def test_incremental_days_match_brute_force_and_full_mode(spark, cfg_factory):
     assert store.version(COWATCH_DAILY_PAIRS) == version
     _assert_edges(_edges(store), expected)
 
+    # a run that died between the per-day write and the sums' write: the sums are summed again
+    wrong = spark.createDataFrame([(1, 2, 5)], "key_a long, key_b long, cowatch_user_days long")
+    store.write(COWATCH_WINDOW_PAIRS, wrong, Lineage.new("test", {}), inputs={"daily_pairs_version": -1})
     corrected = [e for i, e in enumerate(events) if e[2].date() != days[-2] or i % 3]
     append_and_build(days[-2], corrected)  # a correction of day 3 also changes day 4's counts
     expected = brute_force_edges(corrected, 6, 6, 1, 4, days[-2], days[-1])
     _assert_edges(_edges(store), expected)
+    assert store.commit_inputs(COWATCH_WINDOW_PAIRS)["method"] == "resum"
     incremental_stats = sorted(store.read(VIDEO_STATS).drop("run_id", "built_at", "params_hash").collect())
 
     build_graph(spark, cfg_factory(*params, "graph.mode=full"))
