@@ -16,6 +16,7 @@ import torch
 from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig
+from cdml_spark.runtime import require_horovod
 from cdml_spark.tables import Lineage, TableStore, triplets_spec
 from cdml_spark.training.inputs import (
     check_inputs,
@@ -60,6 +61,8 @@ def train(
 ) -> dict:
     """Job entry: train on the current `triplets` snapshot with TorchDistributor (DDP) or Horovod;
     write the artifact."""
+    if backend == "horovod":
+        require_horovod()
     tc, modalities = cfg.training, cfg.features.modalities
     store = TableStore(spark, cfg.storage)
     table = triplets_spec(modalities, materialize=True)
@@ -101,10 +104,11 @@ def train(
     )
     use_gpu = torch.cuda.is_available() if tc.use_gpu == "auto" else tc.use_gpu == "true"
     log.info(
-        "train: %s, backend %s, triplets v%s (%d train files, %s), %d validation queries over %d videos, "
+        "train: %s, backend %s, loader %s, triplets v%s (%d train files, %s), %d validation queries over %d videos, "
         "%d co-watch pairs never mined, %d processes, local_mode=%s, gpu=%s",
         model_version,
         backend,
+        tc.loader,
         store.version(table),
         len(plan.train_files),
         "materialised" if materialized else "ids only",

@@ -142,6 +142,7 @@ def _batches(plan: TrainPlan, rank: int, world: int, epoch: int) -> Iterator[dic
         shuffle_batches=tc.shuffle_batches,
         workers=tc.reader_workers,
         features=plan.catalog if plan.ids_only else None,
+        loader=tc.loader,
     )
 
 
