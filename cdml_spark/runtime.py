@@ -1,17 +1,21 @@
 """Which pinned stack this process runs on, decided in one place: `card` (Databricks Runtime 15.4 LTS
 ML: Spark 3.5, Petastorm, Horovod) or `spark4` (the 17.3 LTS ML line: Spark 4, numpy 2, neither
 Petastorm nor Horovod). It follows the installed pyspark's major version (read from the package
-metadata: nothing is imported). It decides `training.loader`'s default and refuses Horovod on spark4."""
+metadata: nothing is imported). It decides `training.loader`'s default, which Delta jars (Scala 2.12
+or 2.13, in `<cache>/jars` or `<cache>/jars-spark4`, as `scripts/setup.sh` puts them) a local Spark
+loads, and refuses Horovod and Petastorm on spark4."""
 
 from __future__ import annotations
 
+import glob
+import os
 from functools import cache
 from importlib.metadata import version
 from typing import Literal
 
-from cdml_spark.errors import ConfigError
+from cdml_spark.errors import ConfigError, SetupError
 
-__all__ = ["Stack", "default_loader", "require_horovod", "require_loader", "stack"]
+__all__ = ["Stack", "default_loader", "delta_jars", "jars_dir", "require_horovod", "require_loader", "stack"]
 
 Stack = Literal["card", "spark4"]
 
@@ -20,6 +24,23 @@ Stack = Literal["card", "spark4"]
 def stack() -> Stack:
     """`spark4` when pyspark is 4.x or later, else `card`."""
     return "spark4" if int(version("pyspark").split(".")[0]) >= 4 else "card"
+
+
+def jars_dir(cache_dir: str) -> str:
+    """Where `scripts/setup.sh` puts this stack's Delta jars."""
+    return os.path.join(cache_dir, "jars" if stack() == "card" else "jars-spark4")
+
+
+def delta_jars(directory: str) -> list[str]:
+    """The Delta jars in `directory`; `SetupError` unless they are built for this stack's Scala."""
+    scala = "2.12" if stack() == "card" else "2.13"
+    jars = sorted(glob.glob(os.path.join(directory, "delta-*.jar")))
+    if not any(os.path.basename(j).startswith(f"delta-spark_{scala}-") for j in jars):
+        raise SetupError(
+            f"no delta-spark_{scala} jar in {directory} (the {stack()} stack's): run "
+            f"{'CDML_STACK=spark4 ' if stack() == 'spark4' else ''}scripts/setup.sh (or set storage.cache_dir)"
+        )
+    return jars
 
 
 def default_loader() -> Literal["petastorm", "arrow"]:

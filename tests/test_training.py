@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cdml_spark.config import MlflowConfig, TrainingConfig
+from cdml_spark.config import MlflowConfig, TrainingConfig, load_config
 from cdml_spark.errors import ConfigError, StaleTriplets, UnknownVideoKey
 from cdml_spark.features.ingest import ingest_features
 from cdml_spark.runtime import stack
@@ -30,8 +30,9 @@ from cdml_spark.training.mining import ForbiddenPairs, mine_negatives, squared_d
 from cdml_spark.training.model import CDMLNet, ModelSpec, load_model, save_model
 from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.train import train
-from cdml_spark.training.worker import train_worker
+from cdml_spark.training.worker import load_checkpoint, train_worker
 from cdml_spark.triplets import make_triplets
+from tests.conftest import LOCAL_CONF
 
 ON_SPARK4 = stack() == "spark4"
 needs_petastorm = pytest.mark.skipif(ON_SPARK4, reason="the spark4 stack has no Petastorm")
@@ -255,7 +256,7 @@ def test_spark4_refuses_horovod_and_petastorm_in_one_line(spark, pipeline):
     with pytest.raises(ConfigError, match="^--backend horovod: the spark4 stack has no Horovod"):
         train(spark, pipeline, backend="horovod")
     with pytest.raises(ConfigError, match="training.loader=petastorm: the spark4 stack has no Petastorm"):
-        TrainingConfig.model_validate({**pipeline.training.model_dump(), "loader": "petastorm"})
+        load_config(LOCAL_CONF, ["training.loader=petastorm"])
 
 
 def test_train_refuses_triplets_built_from_other_features(spark, pipeline):
@@ -343,7 +344,7 @@ def _uninterrupted_and_resumed(
                 port = s.getsockname()[1]
             futures = [pool.submit(_rank, run, rank, world, port) for rank in range(world)]
             digests.append([f.result(timeout=120)["param_digests"] for f in futures])
-    full, resumed = (torch.load(tmp_path / f, map_location="cpu") for f in ("full.pt", "resumed.pt"))
+    full, resumed = (load_checkpoint(tmp_path / f, "cpu") for f in ("full.pt", "resumed.pt"))
     return full, resumed, [d for rank_view in digests[0] for d in rank_view]
 
 

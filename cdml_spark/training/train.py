@@ -29,7 +29,7 @@ from cdml_spark.training.mining import ForbiddenPairs
 from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.report import log_training_run, plot_history
-from cdml_spark.training.worker import train_worker
+from cdml_spark.training.worker import load_checkpoint, train_worker
 
 __all__ = ["train"]
 
@@ -126,7 +126,7 @@ def train(
     if len(set(digests)) != 1:
         raise RuntimeError(f"training ranks ended with different parameters: {digests}")
     # the checkpoint's best epoch is the result (checkpoint_dir must be shared storage in barrier mode)
-    result = torch.load(plan.checkpoint_path, map_location="cpu")
+    result = load_checkpoint(plan.checkpoint_path, "cpu")
     net = CDMLNet(plan.spec)
     net.load_state_dict(result["best"])
     artifact = os.path.join(tc.model_dir, model_version)
