@@ -65,8 +65,10 @@ for tool in "$VENV"/bin/*; do
 done
 
 # 3. Delta jars from Maven Central into the cache; offline afterwards.
-if ! ls "$JARS"/delta-spark_$SCALA-*.jar >/dev/null 2>&1; then
-  log "resolving Delta jars into $JARS"
+DELTA=$(sed -n 's:.*<version>\(.*\)</version>.*:\1:p' "$POM" | tail -1) # the pom's delta-spark version
+if [ ! -f "$JARS/delta-spark_$SCALA-$DELTA.jar" ]; then
+  log "resolving Delta $DELTA jars into $JARS"
+  rm -f "$JARS"/delta-*.jar # another version's: Spark would load both
   mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
     -DoutputDirectory="$JARS" -DincludeScope=runtime -DexcludeGroupIds=org.scala-lang,org.antlr
 fi
