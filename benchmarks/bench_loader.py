@@ -1,11 +1,14 @@
-"""Benchmark: Petastorm loader vs the same triplets as in-memory torch tensors, at batch 7200.
+"""Benchmark: each loader (`training.loader`: petastorm, arrow) vs the same triplets as in-memory torch
+tensors, at batch 7200.
 
     .venv/bin/python benchmarks/bench_loader.py [--config conf/local.yaml] [--batch 7200] [--epochs 2]
+        [--loaders petastorm arrow]
 
 Reads the current `triplets` snapshot's training files (one process, all shards): an untimed
-warm-up epoch (imports, page cache) collects the rows the in-memory path indexes, then `--epochs`
-timed epochs of each path, each batch dropped once counted as a training step drops it. Prints rows/s
-for each path and their ratio (1 = parity). Ids-only triplets (`triplets.materialize_features: false`)
+warm-up epoch per loader (imports, page cache; the first one collects the rows the in-memory path
+indexes), then `--epochs` timed epochs of each path, each batch dropped once counted as a training
+step drops it. Prints rows/s for each path side by side and each loader's ratio to memory (1 =
+parity). The default loaders are those this stack has (the spark4 stack has no Petastorm). Ids-only triplets (`triplets.materialize_features: false`)
 get their vectors from the same in-memory features lookup `train` uses. Run after `make_triplets`.
 """
 
@@ -20,6 +23,7 @@ import torch
 
 from cdml_spark.cli import setup_logging
 from cdml_spark.config import load_config
+from cdml_spark.runtime import stack
 from cdml_spark.spark import get_spark
 from cdml_spark.tables import TableStore, triplets_spec
 from cdml_spark.training.inputs import training_catalog
@@ -31,6 +35,8 @@ def main() -> None:
     parser.add_argument("--config", default="conf/local.yaml")
     parser.add_argument("--batch", type=int, default=7200)
     parser.add_argument("--epochs", type=int, default=2)
+    default_loaders = ["petastorm", "arrow"] if stack() == "card" else ["arrow"]
+    parser.add_argument("--loaders", nargs="+", choices=["petastorm", "arrow"], default=default_loaders)
     args = parser.parse_args()
     setup_logging()
     cfg = load_config(args.config)
@@ -42,21 +48,24 @@ def main() -> None:
     ids_only = any(f"anchor_{name}" not in store.read(table).columns for name in names)
     features = training_catalog(store, cfg)[0] if ids_only else None
 
-    def petastorm_epoch(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in iterate_batches(files, names, args.batch, 0, 1, seed=epoch, features=features):
+    def loader_epoch(loader: str, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        batches = iterate_batches(
+            files, names, args.batch, 0, 1, seed=epoch, features=features, loader=loader
+        )
+        for batch in batches:
             yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
-    batches = list(petastorm_epoch(0))  # the untimed warm-up
-    memory = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    rates = {}
+    for loader in args.loaders:
+        batches = list(loader_epoch(loader, 0))  # the untimed warm-up
+        if not rates:
+            memory = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+        del batches
+        start = time.time()
+        total = sum(len(b["anchor_key"]) for e in range(1, args.epochs + 1) for b in loader_epoch(loader, e))
+        rates[loader] = total / (time.time() - start)
+
     n = len(memory["anchor_key"])
-    del batches
-
-    start = time.time()
-    total = 0
-    for epoch in range(1, args.epochs + 1):
-        total += sum(len(b["anchor_key"]) for b in petastorm_epoch(epoch))
-    petastorm_rate = total / (time.time() - start)
-
     start = time.time()
     seen = 0
     for epoch in range(1, args.epochs + 1):
@@ -69,11 +78,12 @@ def main() -> None:
     width = sum(v.shape[1] for k, v in memory.items() if v.ndim == 2)
     layout = "ids only, vectors looked up" if ids_only else "vectors materialised"
     print(
-        f"\ntriplet rows: {n:,} ({width} floats per row, {layout}), batch {args.batch}, {args.epochs} epochs"
+        f"\ntriplet rows: {n:,} ({width} floats per row, {layout}), batch {args.batch}, {args.epochs} epochs, "
+        f"stack {stack()}"
     )
-    print(f"petastorm loader : {petastorm_rate:12,.0f} rows/s")
+    for loader, rate in rates.items():
+        print(f"{loader + ' loader':<17}: {rate:12,.0f} rows/s  ({rate / memory_rate:.2f} x memory)")
     print(f"in-memory tensors: {memory_rate:12,.0f} rows/s")
-    print(f"ratio (petastorm / memory): {petastorm_rate / memory_rate:.2f}")
 
 
 if __name__ == "__main__":

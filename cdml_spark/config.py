@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from cdml_spark.errors import ConfigError
+from cdml_spark.runtime import default_loader, require_loader
 
 __all__ = [
     "AnnConfig",
@@ -365,12 +366,25 @@ class TrainingConfig(_Strict):
     num_processes: int = Field(ge=1, description="TorchDistributor processes (gloo on CPU, NCCL on GPUs)")
     local_mode: bool = Field(description="TorchDistributor: processes on the driver (true) or barrier tasks")
     use_gpu: Literal["auto", "true", "false"] = "auto"
+    loader: Literal["petastorm", "arrow"] = Field(
+        default_factory=default_loader,
+        description="How ranks read the triplets snapshot: petastorm (card stack's default) or arrow "
+        "(pyarrow alone; the spark4 stack's default, it has no Petastorm)",
+    )
     shuffle_batches: int = Field(default=4, ge=1, description="Shuffle buffer, in batches")
-    reader_workers: int = Field(default=2, ge=1, description="Petastorm reader threads per process")
+    reader_workers: int = Field(
+        default=2, ge=1, description="Reader threads (row groups read ahead) per process"
+    )
     model_dir: str = Field(description="Artifacts go to <model_dir>/<model_version>/")
     checkpoint_dir: str
     model_version: str | None = Field(default=None, description="Default: cdml-<fusion>-<run id>")
     mlflow: MlflowConfig
+
+    @field_validator("loader")
+    @classmethod
+    def _loader_on_this_stack(cls, loader: str) -> str:
+        require_loader(loader)
+        return loader
 
     @model_validator(mode="after")
     def _margin_with_miner(self) -> TrainingConfig:

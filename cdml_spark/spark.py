@@ -3,7 +3,6 @@ local one with Delta from the jars that `scripts/setup.sh` cached."""
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
@@ -12,6 +11,7 @@ from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig
 from cdml_spark.errors import SetupError
+from cdml_spark.runtime import delta_jars, jars_dir
 
 __all__ = ["DELTA_CONF", "get_spark"]
 
@@ -20,15 +20,6 @@ DELTA_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
-
-
-def _delta_jars(cache_dir: str) -> list[str]:
-    jars = sorted(glob.glob(os.path.join(cache_dir, "jars", "delta-*.jar")))
-    if not jars:
-        raise SetupError(
-            f"no Delta jars in {cache_dir}/jars: run scripts/setup.sh (or set storage.cache_dir)"
-        )
-    return jars
 
 
 def get_spark(cfg: AppConfig) -> SparkSession:
@@ -48,7 +39,7 @@ def get_spark(cfg: AppConfig) -> SparkSession:
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             builder = (
                 builder.master(cfg.spark.master)
-                .config("spark.jars", ",".join(_delta_jars(cfg.storage.cache_dir)))
+                .config("spark.jars", ",".join(delta_jars(jars_dir(cfg.storage.cache_dir))))
                 .config("spark.driver.memory", cfg.spark.driver_memory)
                 .config("spark.ui.showConsoleProgress", "false")
             )

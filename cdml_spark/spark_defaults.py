@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyspark
 
+from cdml_spark.runtime import delta_jars
 from cdml_spark.spark import DELTA_CONF
 
 __all__ = ["write_spark_defaults"]
@@ -28,9 +29,7 @@ logger.native.level = error
 
 
 def write_spark_defaults(jars_dir: str, driver_memory: str, conf_dir: Path) -> Path:
-    jars = sorted(str(p) for p in Path(jars_dir).glob("delta-*.jar"))
-    if not jars:
-        raise SystemExit(f"no Delta jars in {jars_dir}")
+    jars = delta_jars(jars_dir)  # this stack's Scala build, else SetupError
     settings = {
         "spark.jars": ",".join(jars),
         "spark.pyspark.python": sys.executable,

@@ -1,4 +1,5 @@
-"""One local SparkSession (local[2], 2 shuffle partitions) for the whole test run."""
+"""One local SparkSession (local[2], 2 shuffle partitions) for the whole test run. Tests in
+`SPARK4_SET` get the `spark4` marker: the set `CDML_STACK=spark4 ./scripts/test.sh` runs (`-m spark4`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONF = ROOT / "conf" / "local.yaml"
+# graph, triplets, training (arrow loader, DDP over gloo), embedding, neighbours, recommendations, the
+# end-to-end pipeline; their Petastorm and Horovod tests skip on spark4
+SPARK4_SET = ("test_graph.py", "test_triplets.py", "test_training.py", "test_serving.py", "test_pipeline.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SPARK4_SET:
+            item.add_marker(pytest.mark.spark4)
 
 
 def make_config(tables_root: Path, *overrides: str) -> AppConfig:

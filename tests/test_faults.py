@@ -29,10 +29,10 @@ from urllib.parse import unquote
 
 import pandas as pd
 import pytest
-import torch
 from deltalake import DeltaTable
 
 from cdml_spark.tables import FAULT_HOLD_ENV
+from cdml_spark.training.worker import load_checkpoint
 from tests.conftest import ROOT, SMALL
 
 BIN = Path(sys.executable).parent
@@ -357,7 +357,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_steps(warehouse, tmp_path
         if proc.poll() is None:
             kill_job(proc)
     assert saved and proc.returncode == -signal.SIGKILL, tail(log)
-    state = torch.load(checkpoint, map_location="cpu")
+    state = load_checkpoint(checkpoint, "cpu")
     print(
         f"train killed {at:.0f}s after start with the checkpoint at epoch {state['epoch']}, step "
         f"{state['step']}; {escaped} worker processes outlived the group kill"

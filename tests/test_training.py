@@ -1,6 +1,7 @@
-"""Loss and mining against brute force; model save/load; Petastorm shard coverage; a real
-2-process TorchDistributor (gloo) run that learns, checkpoints and resumes; `train_worker` in spawned
-processes: per-rank RNG streams and resume from the checkpoint's RNG state (CPU; CUDA where present)."""
+"""Loss and mining against brute force; model save/load; shard coverage of each loader (Petastorm,
+pyarrow); a real 2-process TorchDistributor (gloo) run that learns, checkpoints and resumes; `train_worker`
+in spawned processes (gloo, each loader): per-rank RNG streams and resume from the checkpoint's RNG
+state (CPU; CUDA where present). Petastorm and Horovod tests skip on the spark4 stack, which has neither."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from cdml_spark.config import MlflowConfig, TrainingConfig
-from cdml_spark.errors import StaleTriplets, UnknownVideoKey
+from cdml_spark.config import MlflowConfig, TrainingConfig, load_config
+from cdml_spark.errors import ConfigError, StaleTriplets, UnknownVideoKey
 from cdml_spark.features.ingest import ingest_features
+from cdml_spark.runtime import stack
 from cdml_spark.tables import COWATCH_EDGES, TableStore, triplets_spec, video_features_spec
 from cdml_spark.training.inputs import check_inputs
 from cdml_spark.training.loader import ROLES, FeatureTable, iterate_batches, snapshot_files
@@ -28,8 +30,13 @@ from cdml_spark.training.mining import ForbiddenPairs, mine_negatives, squared_d
 from cdml_spark.training.model import CDMLNet, ModelSpec, load_model, save_model
 from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.train import train
-from cdml_spark.training.worker import train_worker
+from cdml_spark.training.worker import load_checkpoint, train_worker
 from cdml_spark.triplets import make_triplets
+from tests.conftest import LOCAL_CONF
+
+ON_SPARK4 = stack() == "spark4"
+needs_petastorm = pytest.mark.skipif(ON_SPARK4, reason="the spark4 stack has no Petastorm")
+LOADERS = [pytest.param("petastorm", marks=needs_petastorm), "arrow"]
 
 
 def brute_force_mine(miner, a, p, pool, aid, pid, pool_ids, own, neighbours) -> list[int]:
@@ -137,10 +144,12 @@ def _catalog(spark, store: TableStore, cfg, names: list[str]) -> FeatureTable:
     return FeatureTable(keys[order], {n: np.stack(feats[n])[order].astype(np.float32) for n in names})
 
 
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("ids_only", [False, True])
-def test_shards_cover_every_row_once(spark, pipeline, ids_only):
-    """Real Petastorm over the Delta snapshot's files: 2 shards together yield every training row once,
-    each row's vectors are its videos' features (materialised or looked up); a seed fixes the order."""
+def test_shards_cover_every_row_once(spark, pipeline, ids_only, loader):
+    """Each loader over the Delta snapshot's files: ranks 0 and 1 of 2 together yield every training
+    row once, each row's vectors are its videos' features (materialised or looked up); a seed fixes
+    the order."""
     cfg = pipeline
     store = TableStore(spark, cfg.storage)
     table = triplets_spec(cfg.features.modalities, materialize=True)
@@ -157,7 +166,7 @@ def test_shards_cover_every_row_once(spark, pipeline, ids_only):
     for rank in range(2):
         rows = 0
         for batch in iterate_batches(
-            files, names, 100, rank, 2, seed=3, shuffle_batches=2, features=features
+            files, names, 100, rank, 2, seed=3, shuffle_batches=2, features=features, loader=loader
         ):
             assert len(batch["anchor_key"]) <= 100 and batch["anchor_vis"].shape[1] == 4
             for role in ROLES:
@@ -172,22 +181,26 @@ def test_shards_cover_every_row_once(spark, pipeline, ids_only):
     assert seen == expected and min(per_rank) > 0
 
     def keys(seed: int) -> list[list[int]]:  # one reader thread: row groups arrive in the seed's order
-        batches = iterate_batches(files, names, 100, 0, 2, seed, workers=1, features=features)
+        batches = iterate_batches(files, names, 100, 0, 2, seed, workers=1, features=features, loader=loader)
         return [b["anchor_key"].tolist() for b in batches]
 
     assert keys(3) == keys(3) != keys(4)
 
 
-def test_vectors_of_different_lengths_raise(tmp_path):
+@pytest.mark.parametrize("loader", LOADERS)
+def test_vectors_of_different_lengths_raise(tmp_path, loader):
     path = tmp_path / "ragged.parquet"
     columns = {f"{r}_key": [1, 2] for r in ROLES} | {f"{r}_vis": [[0.5, 1.0], [2.0]] for r in ROLES}
     pq.write_table(pa.table(columns), path)
     with pytest.raises(ValueError, match="vectors of different lengths"):
-        list(iterate_batches([str(path)], ["vis"], 2, 0, 1, seed=0))
+        list(iterate_batches([str(path)], ["vis"], 2, 0, 1, seed=0, loader=loader))
 
 
-def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline):
-    cfg = pipeline
+@pytest.mark.parametrize("loader", LOADERS)
+def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline, loader):
+    # batch 64: 6 steps per epoch on each rank, so learning clears the margin below on either stack's torch
+    training = pipeline.training.model_copy(update={"loader": loader, "batch_size": 64})
+    cfg = pipeline.model_copy(update={"training": training})
     info = train(spark, cfg)
     history = info["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -217,6 +230,7 @@ def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline):
     assert resumed[3]["step"] > history[2]["step"]
 
 
+@pytest.mark.skipif(ON_SPARK4, reason="the spark4 stack has no Horovod")
 def test_horovod_training_learns_and_ranks_agree(spark, pipeline, tmp_path):
     """Horovod (built by scripts/build_horovod.sh): 2 processes as Spark tasks, gloo allreduce."""
     training = pipeline.training.model_copy(
@@ -240,6 +254,14 @@ def test_horovod_training_learns_and_ranks_agree(spark, pipeline, tmp_path):
     assert history[-1]["train_triplets"] == train_rows  # hvd.join: uneven shards, every row seen once
 
 
+@pytest.mark.skipif(not ON_SPARK4, reason="the card stack has Horovod and Petastorm")
+def test_spark4_refuses_horovod_and_petastorm_in_one_line(spark, pipeline):
+    with pytest.raises(ConfigError, match="^--backend horovod: the spark4 stack has no Horovod"):
+        train(spark, pipeline, backend="horovod")
+    with pytest.raises(ConfigError, match="training.loader=petastorm: the spark4 stack has no Petastorm"):
+        load_config(LOCAL_CONF, ["training.loader=petastorm"])
+
+
 def test_train_refuses_triplets_built_from_other_features(spark, pipeline):
     store = TableStore(spark, pipeline.storage)
     check_inputs(store, triplets_spec(pipeline.features.modalities, True), pipeline)  # consistent now
@@ -251,7 +273,7 @@ def test_train_refuses_triplets_built_from_other_features(spark, pipeline):
         make_triplets(spark, pipeline)
 
 
-def _tiny_plan(tmp_path, use_gpu: str) -> TrainPlan:
+def _tiny_plan(tmp_path, use_gpu: str, loader: str) -> TrainPlan:
     """64 videos in 8 topics, 256 ids-only triplets in 4 row groups; 2 epochs of 4 steps per rank of 2."""
     rng = np.random.default_rng(0)
     videos, topics, rows = 64, 8, 256
@@ -275,6 +297,7 @@ def _tiny_plan(tmp_path, use_gpu: str) -> TrainPlan:
         local_mode=True,
         use_gpu=use_gpu,
         reader_workers=1,  # row groups in the seed's order: runs are repeatable
+        loader=loader,
         model_dir=str(tmp_path / "models"),
         checkpoint_dir=str(tmp_path / "checkpoints"),
         mlflow=MlflowConfig(enabled=False, tracking_uri="file:unused"),
@@ -304,10 +327,12 @@ def _rank(plan: TrainPlan, rank: int, world: int, port: int) -> dict:
     return train_worker(plan)
 
 
-def _uninterrupted_and_resumed(tmp_path, world: int, use_gpu: str) -> tuple[dict, dict, list[str]]:
+def _uninterrupted_and_resumed(
+    tmp_path, world: int, use_gpu: str, loader: str
+) -> tuple[dict, dict, list[str]]:
     """Checkpoints of 2 epochs in one run and of 1 epoch + a resumed second; the parameter digests of
     every rank (each rank's view) after the uninterrupted run."""
-    plan = _tiny_plan(tmp_path, use_gpu)
+    plan = _tiny_plan(tmp_path, use_gpu, loader)
     one_epoch = plan.training.model_copy(update={"epochs": 1})
     runs = [
         replace(plan, checkpoint_path=str(tmp_path / "full.pt")),
@@ -322,15 +347,18 @@ def _uninterrupted_and_resumed(tmp_path, world: int, use_gpu: str) -> tuple[dict
                 port = s.getsockname()[1]
             futures = [pool.submit(_rank, run, rank, world, port) for rank in range(world)]
             digests.append([f.result(timeout=120)["param_digests"] for f in futures])
-    full, resumed = (torch.load(tmp_path / f, map_location="cpu") for f in ("full.pt", "resumed.pt"))
+    full, resumed = (load_checkpoint(tmp_path / f, "cpu") for f in ("full.pt", "resumed.pt"))
     return full, resumed, [d for rank_view in digests[0] for d in rank_view]
 
 
-def test_ranks_draw_different_dropout_and_resume_continues_the_rng_stream(tmp_path):
-    """2 gloo ranks: their dropout masks differ while their parameters agree; 1 epoch + checkpoint +
-    resume ends with the same generator states and bit-identical weights as 2 epochs in one run
-    (re-seeding on resume would replay epoch 1's masks in epoch 2)."""
-    full, resumed, digests = _uninterrupted_and_resumed(tmp_path, world=2, use_gpu="false")
+@pytest.mark.parametrize("loader", LOADERS)
+def test_ranks_draw_different_dropout_and_resume_continues_the_rng_stream(tmp_path, loader):
+    """2 gloo ranks (DDP) on each loader: every row trained on once per epoch; their dropout masks
+    differ while their parameters agree; 1 epoch + checkpoint + resume ends with the same generator
+    states and bit-identical weights as 2 epochs in one run (re-seeding on resume would replay epoch
+    1's masks in epoch 2)."""
+    full, resumed, digests = _uninterrupted_and_resumed(tmp_path, world=2, use_gpu="false", loader=loader)
+    assert [h["train_triplets"] for h in full["history"]] == [256, 256]
     assert len(set(digests)) == 1
     masks = []
     for state in full["rng"]:  # the masks each rank's next dropout draws
@@ -349,7 +377,7 @@ def test_cuda_ranks_on_their_devices_resume_with_the_cuda_rng_state(tmp_path):
     """NCCL on every GPU (up to 2): object collectives on each rank's device, ranks agree, and the
     resumed run's CUDA generator and weights match the uninterrupted run (weights up to atomics' order)."""
     world = min(2, torch.cuda.device_count())
-    full, resumed, digests = _uninterrupted_and_resumed(tmp_path, world=world, use_gpu="true")
+    full, resumed, digests = _uninterrupted_and_resumed(tmp_path, world=world, use_gpu="true", loader="arrow")
     assert len(set(digests)) == 1 and len(full["rng"]) == world
     for done, again in zip(full["rng"], resumed["rng"], strict=True):
         assert torch.equal(done["cuda"], again["cuda"])

@@ -1,20 +1,23 @@
-"""Petastorm → torch: stream the current Delta snapshot of `triplets` in fixed-size batches.
+"""Delta snapshot of `triplets` → torch: stream it in fixed-size batches (`training.loader`).
 
 The driver lists the parquet files of the table's current version (`snapshot_files`), so files
 left by older versions are never read; it refuses a snapshot whose files still hold rows that
-deletion vectors delete (Petastorm would return them). Each rank opens the files with Petastorm's
-batch reader on its own shard (`cur_shard=rank`, `shard_count=world`: disjoint row groups, together
-all of them), so across ranks every row is read exactly once per epoch. Each decoded row group is
-turned into numpy column by column (no per-row Python), and batches are re-cut to `batch_size` through a
-shuffle buffer with one copy per batch. In ids-only mode the vectors are looked up from an in-memory
-feature table.
+deletion vectors delete (a reader of the files would return them). Each rank reads its own shard of
+the row groups (disjoint, together all of them), so across ranks every row is read exactly once per
+epoch: `petastorm` with Petastorm's batch reader (`cur_shard=rank`, `shard_count=world`; the card's
+15.4 stack), `arrow` with pyarrow alone (row groups dealt round robin; the Spark 4 stack, which has no
+Petastorm). Either way each row group is turned into numpy column by column (no per-row Python), and
+batches are re-cut to `batch_size` through one shuffle buffer with one copy per batch. In ids-only mode
+the vectors are looked up from an in-memory feature table.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,9 +27,10 @@ from pyspark.sql import functions as F
 
 from cdml_spark.errors import DeletedRowsInFiles, UnknownVideoKey
 
-__all__ = ["ROLES", "FeatureTable", "iterate_batches", "parquet_rows", "snapshot_files"]
+__all__ = ["ROLES", "FeatureTable", "Loader", "iterate_batches", "parquet_rows", "snapshot_files"]
 
 ROLES = ("anchor", "positive", "negative")
+Loader = Literal["petastorm", "arrow"]  # `training.loader`
 
 
 def snapshot_files(
@@ -49,8 +53,13 @@ def snapshot_files(
     return files
 
 
+def _local(file: str) -> str:
+    """A local path of a file URI as Spark lists it (`file:/x`, `file:///x`) or of a plain path."""
+    return "/" + file.removeprefix("file:").lstrip("/") if file.startswith("file:") else file
+
+
 def _footer(file: str) -> pq.FileMetaData:
-    return pq.ParquetFile(file.removeprefix("file:")).metadata
+    return pq.ParquetFile(_local(file)).metadata
 
 
 def parquet_rows(files: list[str]) -> int:
@@ -137,13 +146,12 @@ def iterate_batches(
     shuffle_batches: int = 4,
     workers: int = 2,
     features: FeatureTable | None = None,
+    loader: Loader = "petastorm",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches {"<role>_key": int64[B], "<role>_<modality>": float32[B, d]} of this rank's shard: row
-    groups in a `seed`-shuffled order (arriving in that order with `workers=1`; reader threads may
-    reorder them), their rows shuffled through a buffer of `shuffle_batches` batches (a batch lists its
-    rows in buffer order)."""
-    from petastorm import make_batch_reader
-
+    groups in a `seed`-shuffled order (with `petastorm`, arriving in that order only with `workers=1`:
+    reader threads may reorder them; `arrow` keeps the order with any `workers`), their rows shuffled
+    through a buffer of `shuffle_batches` batches (a batch lists its rows in buffer order)."""
     if not files:
         return
     groups = _row_groups(files)
@@ -152,7 +160,8 @@ def iterate_batches(
             f"{groups} row groups cannot be sharded over {world} processes: write more triplet files"
         )
     keys = [f"{r}_key" for r in ROLES]
-    vector_cols = [] if features is not None else [f"{r}_{m}" for r in ROLES for m in modalities]
+    columns = keys + ([] if features is not None else [f"{r}_{m}" for r in ROLES for m in modalities])
+    read = _arrow_chunks if loader == "arrow" else _petastorm_chunks
     rng = np.random.default_rng([seed, rank])
     chunks: list[dict[str, np.ndarray]] = []
     buffered = 0
@@ -172,10 +181,25 @@ def iterate_batches(
         chunks = [_gather(chunks, np.sort(order[cut:]))]
         buffered -= cut
 
+    for chunk in read(files, columns, rank, world, seed, workers):
+        chunks.append(chunk)
+        buffered += len(chunk[keys[0]])
+        if buffered >= capacity:
+            yield from drain(final=False)
+    if buffered:
+        yield from drain(final=True)
+
+
+def _petastorm_chunks(
+    files: list[str], columns: list[str], rank: int, world: int, seed: int, workers: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's row groups, decoded, via Petastorm's batch reader (its shard `rank` of `world`)."""
+    from petastorm import make_batch_reader
+
     urls = [f if "://" in f else f"file://{f}" for f in files]
     with make_batch_reader(
         urls,
-        schema_fields=keys + vector_cols,
+        schema_fields=columns,
         cur_shard=rank,
         shard_count=world,
         seed=seed,
@@ -184,10 +208,27 @@ def iterate_batches(
         workers_count=workers,
     ) as reader:
         reader._results_queue_reader = _Columns()  # no option for it (petastorm pinned in requirements)
-        for chunk in reader:
-            chunks.append(chunk)
-            buffered += len(chunk[keys[0]])
-            if buffered >= capacity:
-                yield from drain(final=False)
-    if buffered:
-        yield from drain(final=True)
+        yield from reader
+
+
+def _arrow_chunks(
+    files: list[str], columns: list[str], rank: int, world: int, seed: int, workers: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """This rank's row groups read with pyarrow: the snapshot's (file, row group) pairs in file order
+    are dealt round robin to the ranks (disjoint, together all of them); a rank reads its own in a
+    `seed`-shuffled order, up to `workers` row groups ahead, in that order."""
+    pieces = [(f, g) for f in files for g in range(_footer(f).num_row_groups)][rank::world]
+    order = np.random.default_rng([seed, rank, 1]).permutation(len(pieces))
+
+    def read(piece: tuple[str, int]) -> dict[str, np.ndarray]:
+        table = pq.ParquetFile(_local(piece[0])).read_row_group(piece[1], columns=columns)
+        return {name: _to_numpy(name, table.column(name)) for name in table.column_names}
+
+    with ThreadPoolExecutor(workers) as pool:
+        ahead: deque[Future] = deque()
+        for i in order:
+            ahead.append(pool.submit(read, pieces[i]))
+            if len(ahead) > workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()

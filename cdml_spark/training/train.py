@@ -16,6 +16,7 @@ import torch
 from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig
+from cdml_spark.runtime import require_horovod
 from cdml_spark.tables import Lineage, TableStore, triplets_spec
 from cdml_spark.training.inputs import (
     check_inputs,
@@ -28,7 +29,7 @@ from cdml_spark.training.mining import ForbiddenPairs
 from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.report import log_training_run, plot_history
-from cdml_spark.training.worker import train_worker
+from cdml_spark.training.worker import load_checkpoint, train_worker
 
 __all__ = ["train"]
 
@@ -60,6 +61,8 @@ def train(
 ) -> dict:
     """Job entry: train on the current `triplets` snapshot with TorchDistributor (DDP) or Horovod;
     write the artifact."""
+    if backend == "horovod":
+        require_horovod()
     tc, modalities = cfg.training, cfg.features.modalities
     store = TableStore(spark, cfg.storage)
     table = triplets_spec(modalities, materialize=True)
@@ -101,10 +104,11 @@ def train(
     )
     use_gpu = torch.cuda.is_available() if tc.use_gpu == "auto" else tc.use_gpu == "true"
     log.info(
-        "train: %s, backend %s, triplets v%s (%d train files, %s), %d validation queries over %d videos, "
+        "train: %s, backend %s, loader %s, triplets v%s (%d train files, %s), %d validation queries over %d videos, "
         "%d co-watch pairs never mined, %d processes, local_mode=%s, gpu=%s",
         model_version,
         backend,
+        tc.loader,
         store.version(table),
         len(plan.train_files),
         "materialised" if materialized else "ids only",
@@ -122,7 +126,7 @@ def train(
     if len(set(digests)) != 1:
         raise RuntimeError(f"training ranks ended with different parameters: {digests}")
     # the checkpoint's best epoch is the result (checkpoint_dir must be shared storage in barrier mode)
-    result = torch.load(plan.checkpoint_path, map_location="cpu")
+    result = load_checkpoint(plan.checkpoint_path, "cpu")
     net = CDMLNet(plan.spec)
     net.load_state_dict(result["best"])
     artifact = os.path.join(tc.model_dir, model_version)

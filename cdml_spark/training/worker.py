@@ -30,7 +30,7 @@ from cdml_spark.training.model import CDMLNet
 from cdml_spark.training.plan import TrainPlan
 from cdml_spark.training.rng import capture, restore, seed_rank
 
-__all__ = ["AllSum", "embed_rows", "step_loss", "train_worker"]
+__all__ = ["AllSum", "embed_rows", "load_checkpoint", "step_loss", "train_worker"]
 
 AllSum = Callable[[list[float]], list[float]]
 
@@ -48,7 +48,7 @@ def train_worker(plan: TrainPlan) -> dict:
     optimizer = torch.optim.Adam(net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "best_epoch": 0, "best_ndcg": -1.0}
     if plan.resume and os.path.exists(plan.checkpoint_path):
-        state = torch.load(plan.checkpoint_path, map_location=device)
+        state = load_checkpoint(plan.checkpoint_path, device)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if len(state.get("rng", [])) == world:  # else (another world size) the fresh per-rank seeds
@@ -142,6 +142,7 @@ def _batches(plan: TrainPlan, rank: int, world: int, epoch: int) -> Iterator[dic
         shuffle_batches=tc.shuffle_batches,
         workers=tc.reader_workers,
         features=plan.catalog if plan.ids_only else None,
+        loader=tc.loader,
     )
 
 
@@ -168,6 +169,12 @@ def step_loss(plan: TrainPlan, backend: Backend, model, batch: dict[str, np.ndar
             tc.miner, anchor, positive, keys["anchor"], keys["positive"], pool, pool_keys, own, plan.forbidden
         )
     return triplet_loss(anchor, positive, pool[pick], tc.margin, tc.reduction)[0]
+
+
+def load_checkpoint(path: str | os.PathLike, map_location) -> dict:
+    """A checkpoint `train_worker` wrote (it holds numpy RNG states, which torch >= 2.6's default
+    `weights_only=True` refuses; the file is our own)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def _save_checkpoint(path: str, state: dict) -> None:
