@@ -54,6 +54,10 @@ TINY = [
     "training.patience=10",  # no early stopping: every run trains all epochs
     "training.mlflow.enabled=false",
     "neighbors.k=5",
+    # every rerun here reads unchanged inputs, which the incremental modes answer without a write:
+    # the write under test is the full replacement
+    "embedding.incremental=false",
+    "neighbors.incremental=false",
 ]
 TIMEOUT = 900  # seconds for one job on a busy 2-core machine
 # short-lived tiny jobs: about half the CPU of the defaults (C1 JIT only, serial GC, no UI, no codegen)
