@@ -30,8 +30,9 @@ def test_exact_search_refuses_deleted_rows_until_purged(spark, cfg_factory):
     cfg = cfg_factory()
     store = TableStore(spark, cfg.storage)
     name = store.qualified(VIDEO_EMBEDDINGS)
-    rows = [(f"v{i}", [float(i), 1.0], "m1") for i in range(8)]
-    df = spark.createDataFrame(rows, "video_id string, embedding array<float>, model_version string")
+    rows = [(f"v{i}", [float(i), 1.0], "m1", i) for i in range(8)]
+    schema = "video_id string, embedding array<float>, model_version string, features_hash long"
+    df = spark.createDataFrame(rows, schema)
     store.write(VIDEO_EMBEDDINGS, df.repartition(2), Lineage.new("test", {}))
     _delete_with_dvs(spark, store, VIDEO_EMBEDDINGS, "video_id IN ('v1', 'v6')")
 
