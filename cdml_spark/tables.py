@@ -436,6 +436,21 @@ class Lineage:
         ]
 
 
+_COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"  # a MERGE's userMetadata
+
+
+def _conformed(spec: TableSpec, df: DataFrame, lineage: Lineage) -> DataFrame:
+    """`df` as `spec`'s rows: its columns cast to the spec's types, with their comments, plus lineage;
+    `ValueError` naming the columns `df` lacks."""
+    missing = [f.name for f in spec.fields if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
+    cols = [*[F.col(f.name).cast(f.dataType) for f in spec.fields], *lineage.columns()]
+    return df.select(
+        *[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields, strict=False)]
+    )
+
+
 def dates_in(column: str, dates: Iterable[date]) -> str:
     """SQL condition `column IN (DATE'…', …)` for a replaceWhere (`dates` must not be empty)."""
     return f"{column} IN (" + ", ".join(f"DATE'{d}'" for d in dates) + ")"
@@ -610,13 +625,8 @@ class TableStore:
         when `df` is empty or has fewer than `storage.min_row_ratio` × the current version's rows.
         With `replace_where` (a SQL condition) only the rows matching it are replaced (Delta
         replaceWhere; `df` must match it too) and the guard compares with those rows."""
-        missing = [f.name for f in spec.fields if f.name not in df.columns]
-        if missing:
-            raise ValueError(f"{spec.name}: DataFrame lacks columns {missing}")
-        cols = [*[F.col(f.name).cast(f.dataType) for f in spec.fields], *lineage.columns()]
-        out = df.select(
-            *[c.alias(f.name, metadata=f.metadata) for c, f in zip(cols, spec.schema.fields, strict=False)]
-        ).persist(StorageLevel.MEMORY_AND_DISK)  # counted for the guard, then written from the cache
+        # counted for the guard, then written from the cache
+        out = _conformed(spec, df, lineage).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             rows = out.count()
             if spec.guarded:
@@ -651,11 +661,7 @@ class TableStore:
         whose keys are in `deleted` (a frame of the key columns) are removed; other rows keep their
         values and lineage. The commit's userMetadata holds the run id, the rows upserted and deleted
         and `inputs`, as `write` records them. Returns the rows upserted."""
-        out = rows.select(
-            *[F.col(f.name).cast(f.dataType).alias(f.name) for f in spec.fields],
-            *lineage.columns(),
-            F.lit(False).alias("_delete"),
-        )
+        out = _conformed(spec, rows, lineage).withColumn("_delete", F.lit(False))
         if deleted is not None:
             out = out.unionByName(
                 deleted.select(*keys).withColumn("_delete", F.lit(True)), allowMissingColumns=True
@@ -669,9 +675,8 @@ class TableStore:
                 return 0
             metadata = {"run_id": lineage.run_id, "rows": upserted, "deleted": removed, **(inputs or {})}
             values = {c: F.col(f"s.{c}") for c in [f.name for f in (*spec.fields, *_LINEAGE_FIELDS)]}
-            self.spark.conf.set(
-                "spark.databricks.delta.commitInfo.userMetadata", json.dumps(metadata, default=str)
-            )
+            previous = self.spark.conf.get(_COMMIT_METADATA, None)
+            self.spark.conf.set(_COMMIT_METADATA, json.dumps(metadata, default=str))
             try:
                 (
                     self.delta_table(spec)
@@ -683,7 +688,10 @@ class TableStore:
                     .execute()
                 )
             finally:
-                self.spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+                if previous is None:
+                    self.spark.conf.unset(_COMMIT_METADATA)
+                else:
+                    self.spark.conf.set(_COMMIT_METADATA, previous)
         finally:
             out.unpersist()
         log.info(

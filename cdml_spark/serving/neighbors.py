@@ -113,12 +113,11 @@ def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = No
     start = time.time()
     store = TableStore(spark, cfg.storage)
     embeddings, version = current_embeddings(store)
+    embeddings_version = store.version(VIDEO_EMBEDDINGS)
     lineage = Lineage.new(
-        "build_neighbors",
-        {"neighbors": cfg.neighbors.model_dump(), "embeddings": store.version(VIDEO_EMBEDDINGS)},
-        run_id,
+        "build_neighbors", {"neighbors": cfg.neighbors.model_dump(), "embeddings": embeddings_version}, run_id
     )
-    inputs = {"search": search_settings(cfg), "embeddings_version": store.version(VIDEO_EMBEDDINGS)}
+    inputs = {"search": search_settings(cfg), "embeddings_version": embeddings_version}
     update = plan_update(store, cfg, embeddings, version)
     recall = None
     if update is None:
