@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from delta import exceptions as delta_errors
+from pyspark.sql import SparkSession
 
 from cdml_spark.config import AppConfig, load_config
 from cdml_spark.errors import (
@@ -94,6 +95,11 @@ def run_job(
     args = parser.parse_args(argv)
     extras = {k: v for k, v in vars(args).items() if k not in ("config", "set", "run_id")}
     setup_logging()
+    # a session this job creates is stopped when it ends: under spark-submit on a standalone or YARN
+    # cluster the driver JVM otherwise outlives the Python app (the cluster client's threads keep it
+    # up); a session that already existed (Databricks, a notebook, tests) is left running
+    owned = SparkSession.getActiveSession() is None
+    spark = None
     try:
         cfg: AppConfig = load_config(args.config, [*args.set, *(forced_overrides or [])])
         spark = get_spark(cfg)
@@ -104,3 +110,6 @@ def run_job(
     except _CONCURRENT_WRITES as exc:
         log.error("%s", _concurrent_write_message(exc))
         raise SystemExit(2) from None
+    finally:
+        if owned and spark is not None:
+            spark.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -42,6 +43,7 @@ def train_worker(plan: TrainPlan) -> dict:
     backend = connect(plan.backend, use_cuda)
     rank, world = backend.rank, backend.world
     device = torch.device("cuda", backend.local_rank) if use_cuda else torch.device("cpu")
+    print(f"rank {rank}/{world} on {socket.gethostname()}, pid {os.getpid()}, {device}", flush=True)
     torch.manual_seed(tc.seed)  # the same initial parameters on every rank
     net = CDMLNet(plan.spec).to(device)
     seed_rank(tc.seed, rank)  # dropout: one stream per rank
