@@ -63,6 +63,9 @@ VARIANTS: dict[str, list[str]] = {
     "dropout=0.0": ["training.dropout=0.0"],
     "embedding_dim=256": ["training.embedding_dim=256"],
     "hidden=[1024]": ["training.hidden=[1024]"],
+    # fourth round (per-day graph): the kept epoch sat at the 10-epoch cap, so a longer cap
+    "epochs=20": ["training.epochs=20"],
+    "dropout=0.3, epochs=20": ["training.dropout=0.3", "training.epochs=20"],
 }
 
 

@@ -1,0 +1,1 @@
+"""Collaborative Deep Metric Learning on Spark, Delta, Petastorm and PyTorch."""
