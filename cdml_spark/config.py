@@ -180,7 +180,29 @@ class EventsConfig(_Strict):
         default=None,
         description="Date partition column of a path source: with events.dates only those partitions are read",
     )
+    read: Literal["full", "changes"] = Field(
+        default="full",
+        description="full: read the whole source; changes (a Delta source, mode=append, no events.dates): "
+        "read its Change Data Feed since the source version the last ingest recorded and replace the "
+        "dates it touched with the source's rows of those dates",
+    )
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _changes_from_delta(self) -> EventsConfig:
+        if self.read != "changes":
+            return self
+        if (self.source, self.format, self.mode) != ("path", "delta", "append"):
+            raise ValueError(
+                "events.read=changes needs events.source=path, events.format=delta and events.mode=append "
+                f"(got source={self.source}, format={self.format}, mode={self.mode})"
+            )
+        if self.dates is not None:
+            raise ValueError(
+                "events.read=changes replaces the dates the source's changes touch: unset events.dates "
+                "(--set events.dates=null)"
+            )
+        return self
 
     @field_validator("dates", mode="before")
     @classmethod

@@ -27,8 +27,8 @@ class SetupError(RuntimeError):
 
 
 class InputSchemaError(ValueError):
-    """An input (events or features) lacks a required column or has one of an unusable type; nothing
-    was written. Exit 2."""
+    """An input (events or features) lacks a required column or has one of an unusable type, or a
+    Delta source lacks the change data `events.read=changes` needs; nothing was written. Exit 2."""
 
 
 class RefusedWrite(RuntimeError):

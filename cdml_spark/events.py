@@ -3,6 +3,15 @@
 Schema problems (missing column, unusable type) raise `InputSchemaError` before anything is
 written. Row problems go to `watch_events_quarantine` with the first rule that failed; exact
 duplicates (same user, video, time, watch time) are dropped and counted.
+
+A Delta source is read at one version, which `watch_events`' commit records. With
+`events.read=changes` (and `events.mode=append`) ingest reads the source's Change Data Feed from
+the version after the one recorded up to the current one, only to learn which UTC dates changed:
+the dates of every row inserted, updated (before and after) or deleted. It then replaces exactly
+those dates with the source's rows of those dates at the same version. Rows, not changes, are
+ingested because append replaces whole dates: ingesting only the changed rows would drop a date's
+unchanged rows, and a deleted row would stay. So a rerun changes nothing and `watch_events` ends
+equal to what a full read of that version would give on the touched dates.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date
 
+from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -53,8 +63,9 @@ class IngestReport:
         )
 
 
-def read_events_source(spark: SparkSession, cfg: AppConfig) -> DataFrame:
-    """The configured source with columns renamed to the canonical names (types not yet checked)."""
+def read_events_source(spark: SparkSession, cfg: AppConfig, version: int | None = None) -> DataFrame:
+    """The configured source with columns renamed to the canonical names (types not yet checked); a
+    Delta source at `version` when given (else its current one)."""
     ev = cfg.events
     if ev.source in MOVIELENS:
         return movielens_events(spark, cfg.storage.cache_dir, ev.source)
@@ -67,6 +78,8 @@ def read_events_source(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     reader = spark.read.format(ev.format)
     if ev.format == "csv":
         reader = reader.option("header", "true")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
     raw = reader.load(ev.path)
     if ev.date_column and ev.date_range():
         if ev.date_column not in raw.columns:
@@ -78,7 +91,8 @@ def read_events_source(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     return _rename_columns(raw, ev)
 
 
-def _rename_columns(raw: DataFrame, ev: EventsConfig) -> DataFrame:
+def _rename_columns(raw: DataFrame, ev: EventsConfig, keep: tuple[str, ...] = ()) -> DataFrame:
+    """The mapped columns under their canonical names (null watch_seconds when unmapped), plus `keep`."""
     mapping = ev.columns.model_dump()
     for canonical, source in mapping.items():
         if source is not None and source not in raw.columns:
@@ -89,7 +103,8 @@ def _rename_columns(raw: DataFrame, ev: EventsConfig) -> DataFrame:
         *[
             F.col(f"`{src}`").alias(canonical) if src else F.lit(None).cast("double").alias(canonical)
             for canonical, src in mapping.items()
-        ]
+        ],
+        *keep,
     )
 
 
@@ -175,12 +190,18 @@ def validate_events(df: DataFrame, ev: EventsConfig) -> DataFrame:
 
 
 def ingest_events(
-    spark: SparkSession, cfg: AppConfig, source: DataFrame, run_id: str | None = None
+    spark: SparkSession,
+    cfg: AppConfig,
+    source: DataFrame,
+    run_id: str | None = None,
+    inputs: dict | None = None,
+    changed_dates: list[date] | None = None,
 ) -> IngestReport:
     """Validate `source` (canonical column names) and write `watch_events` and its quarantine:
     `events.mode=replace` replaces the table; `append` replaces only the UTC dates the input holds
-    (all of `events.dates` when set), so rerunning a day changes nothing. Valid events outside
-    `events.dates` are skipped and counted."""
+    (all of `events.dates` when set; exactly `changed_dates` when given, which the input must hold
+    only rows of), so rerunning a day changes nothing. Valid events outside `events.dates` are
+    skipped and counted. `inputs` (e.g. the source version read) go into both commits."""
     start = time.time()
     ev = cfg.events
     checked = validate_events(source, ev).withColumn("event_date", F.to_date("event_ts"))  # raises first
@@ -210,6 +231,7 @@ def ingest_events(
             WATCH_EVENTS_QUARANTINE,
             checked.where(F.col("reason").isNotNull()).drop("event_date"),
             lineage,
+            inputs=inputs,
             counts=counts,
         )
     check_quarantine(
@@ -219,8 +241,10 @@ def ingest_events(
         ev.max_quarantine_fraction,
         "events.max_quarantine_fraction",
     )
-    replaced = _replaced_dates(valid, dates) if ev.mode == "append" and store.exists(WATCH_EVENTS) else None
-    written = store.write(WATCH_EVENTS, valid, lineage, counts=counts, replace_where=replaced)
+    replaced = None
+    if ev.mode == "append" and store.exists(WATCH_EVENTS):
+        replaced = dates_in("event_date", changed_dates) if changed_dates else _replaced_dates(valid, dates)
+    written = store.write(WATCH_EVENTS, valid, lineage, inputs=inputs, counts=counts, replace_where=replaced)
     report = IngestReport(
         input_rows=input_rows,
         quarantined=quarantined,
@@ -244,5 +268,111 @@ def _replaced_dates(valid: DataFrame, dates: tuple[date, date] | None) -> str:
 
 
 def run_ingest(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> IngestReport:
-    """Job entry: read the configured source and ingest it."""
+    """Job entry: read the configured source and ingest it (a Delta source: see `_ingest_delta`)."""
+    ev = cfg.events
+    if ev.source == "path" and ev.format == "delta":
+        return _ingest_delta(spark, cfg, run_id)
     return ingest_events(spark, cfg, read_events_source(spark, cfg), run_id)
+
+
+_NEW_VALUES = ("insert", "update_postimage")  # the change types that hold a row's values after a commit
+_GONE = ("DELTA_MISSING_CHANGE_DATA", "FileNotFoundException")  # change data not (or no longer) kept
+
+
+def _ingest_delta(spark: SparkSession, cfg: AppConfig, run_id: str | None) -> IngestReport:
+    """Ingest a Delta source at its current version v, recorded in `watch_events`' commit as
+    `events_source_version` (with the table's id, and `events_source_synced`: watch_events then holds
+    all the source's rows of v). With `events.read=changes` and a synced version recorded for this
+    table, only the dates changed since are read (module docstring); none changed: nothing written."""
+    start, ev = time.time(), cfg.events
+    table_id, version, cdf = _source_table(spark, ev.path)
+    inputs = {
+        "events_source_id": table_id,
+        "events_source_version": version,
+        "events_source_synced": ev.dates is None,
+    }
+    since = None
+    if ev.read == "changes":
+        if not cdf:
+            raise InputSchemaError(
+                f"events.read=changes: the source {ev.path} has no Change Data Feed; enable it with "
+                f"ALTER TABLE delta.`{ev.path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true), "
+                "then ingest once with --set events.read=full"
+            )
+        since = _synced_version(TableStore(spark, cfg.storage), table_id)
+    if since is None:
+        return ingest_events(spark, cfg, read_events_source(spark, cfg, version), run_id, inputs)
+    changed = _changed_dates(spark, ev, since, version) if since < version else []
+    if not changed:
+        log.info("ingest: no change in %s since v%s: watch_events left as it is", ev.path, since)
+        return IngestReport(
+            input_rows=0,
+            quarantined={},
+            duplicates_dropped=0,
+            outside_dates=0,
+            written=0,
+            seconds=time.time() - start,
+        )
+    rows = read_events_source(spark, cfg, version)
+    rows = rows.where(_event_date(rows, ev).isin(changed))
+    return ingest_events(spark, cfg, rows, run_id, inputs, changed)
+
+
+def _source_table(spark: SparkSession, path: str) -> tuple[str, int, bool]:
+    """The Delta table at `path`: (its id, current version, whether it keeps a Change Data Feed)."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise InputSchemaError(f"events.format=delta but events.path {path} is not a Delta table")
+    table = DeltaTable.forPath(spark, path)
+    detail = table.detail().first()
+    cdf = detail["properties"].get("delta.enableChangeDataFeed", "false").lower() == "true"
+    return detail["id"], table.history(1).first()["version"], cdf
+
+
+def _synced_version(store: TableStore, table_id: str) -> int | None:
+    """The source version the last ingest into `watch_events` synced it with, if that was this table."""
+    noted = store.commit_inputs(WATCH_EVENTS) if store.exists(WATCH_EVENTS) else {}
+    if noted.get("events_source_id") != table_id or not noted.get("events_source_synced"):
+        log.info("ingest: no synced version of this source recorded in watch_events: reading all of it")
+        return None
+    return noted["events_source_version"]
+
+
+def _event_date(df: DataFrame, ev: EventsConfig) -> Column:
+    """UTC date of `df`'s (canonical) event_ts, as `validate_events` parses it; null if it does not parse."""
+    return F.to_date(_timestamp(df, ev.timestamp_unit))
+
+
+def _changed_dates(spark: SparkSession, ev: EventsConfig, since: int, version: int) -> list[date]:
+    """The UTC dates of the rows that the source's commits since+1 .. version inserted, updated or
+    deleted (its Change Data Feed); the counts per change type are logged."""
+    feed = (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", since + 1)
+        .option("endingVersion", version)
+    )
+    try:
+        changes = _rename_columns(feed.load(ev.path), ev, keep=("_change_type",))
+        counted = changes.groupBy("_change_type", _event_date(changes, ev).alias("day")).count().collect()
+    except Exception as exc:  # Delta's errors reach Python as AnalysisException or Py4JJavaError
+        if not any(mark in str(exc) for mark in _GONE):
+            raise
+        raise InputSchemaError(
+            f"events.read=changes: the change data of {ev.path} from v{since + 1} is not kept (recorded "
+            "before the Change Data Feed was enabled, or vacuumed); ingest once with --set events.read=full"
+        ) from None
+    per_type: dict[str, int] = {}
+    for r in counted:
+        per_type[r["_change_type"]] = per_type.get(r["_change_type"], 0) + r["count"]
+    undated = sum(r["count"] for r in counted if r["day"] is None and r["_change_type"] in _NEW_VALUES)
+    changed = sorted({r["day"] for r in counted if r["day"] is not None})
+    log.info(
+        "ingest: %s v%s..v%s changed %s rows (%s without a valid event_ts, not ingested) on %d dates",
+        ev.path,
+        since + 1,
+        version,
+        ", ".join(f"{k}={v:,}" for k, v in sorted(per_type.items())) or "no",
+        f"{undated:,}",
+        len(changed),
+    )
+    return changed

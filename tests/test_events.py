@@ -6,11 +6,14 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
-from cdml_spark.errors import InputSchemaError, RefusedWrite
+from cdml_spark.config import load_config
+from cdml_spark.errors import ConfigError, InputSchemaError, RefusedWrite
 from cdml_spark.events import ingest_events, read_events_source, run_ingest, validate_events
 from cdml_spark.tables import WATCH_EVENTS, WATCH_EVENTS_QUARANTINE, Lineage, TableStore
+from tests.conftest import LOCAL_CONF
 
 SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
 TS = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -280,3 +283,85 @@ def test_append_replaces_only_its_dates_and_reads_only_requested_partitions(spar
         r["event_date"]: r["count"] for r in store.read(WATCH_EVENTS).groupBy("event_date").count().collect()
     }
     assert per_day == {day[0].date(): 4, day[1].date(): 1, day[2].date(): 4}
+
+
+CHANGES = ["events.source=path", "events.format=delta", "events.mode=append", "events.read=changes"]
+
+
+def _events(df) -> list[tuple]:
+    return sorted(tuple(r) for r in df.select("user_id", "video_id", "event_ts", "watch_seconds").collect())
+
+
+def test_delta_source_read_by_change_feed(spark, cfg_factory, tmp_path):
+    """events.read=changes: the first run reads the whole source; later runs replace exactly the dates
+    that inserts, updates and deletes touched (their unchanged rows kept), and leave the others and,
+    with nothing changed, the whole table as they were."""
+    day = [TS + timedelta(days=d) for d in range(4)]
+    rows = [(f"u{i}", f"v{i % 3}", day[d] + timedelta(minutes=i), 5.0) for d in range(3) for i in range(4)]
+    src = str(tmp_path / "source")
+    spark.createDataFrame(rows, SCHEMA).write.format("delta").option(
+        "delta.enableChangeDataFeed", "true"
+    ).save(src)
+    cfg = cfg_factory(*CHANGES, f"events.path={src}")
+    store = TableStore(spark, cfg.storage)
+
+    def source_version() -> int:
+        return DeltaTable.forPath(spark, src).history(1).first()["version"]
+
+    assert run_ingest(spark, cfg).written == 12
+    assert _events(store.read(WATCH_EVENTS)) == _events(spark.read.format("delta").load(src))
+    first_run = store.read(WATCH_EVENTS).first()["run_id"]
+
+    new = [(f"u{i}", "v9", day[3] + timedelta(minutes=i), 2.0) for i in range(2)]
+    spark.createDataFrame(new, SCHEMA).write.format("delta").mode("append").save(src)
+    source = DeltaTable.forPath(spark, src)
+    source.update(
+        f"user_id = 'u1' AND event_ts = TIMESTAMP'{rows[1][2].isoformat()}'", {"watch_seconds": "7.0"}
+    )
+    source.delete(f"user_id = 'u2' AND event_ts = TIMESTAMP'{rows[6][2].isoformat()}'")
+    report = run_ingest(spark, cfg)
+    assert (report.input_rows, report.written) == (4 + 3 + 2, 9)  # days 0, 1 and 3; day 2 not read
+    held = store.read(WATCH_EVENTS)
+    assert _events(held) == _events(spark.read.format("delta").load(src))
+    untouched = held.where(F.col("event_date") == day[2].date())
+    assert {r.run_id for r in untouched.collect()} == {first_run}
+    assert store.commit_inputs(WATCH_EVENTS)["events_source_version"] == source_version()
+
+    version = store.version(WATCH_EVENTS)
+    report = run_ingest(spark, cfg)
+    assert (report.input_rows, report.written) == (0, 0)
+    assert store.version(WATCH_EVENTS) == version
+
+
+def test_change_feed_read_needs_the_feed_enabled(spark, cfg_factory, tmp_path):
+    """A source without the feed, or without change data since the recorded version: one line each."""
+    src = str(tmp_path / "source")
+    spark.createDataFrame(ROWS[:1], SCHEMA).write.format("delta").save(src)
+    cfg = cfg_factory(*CHANGES, f"events.path={src}")
+    with pytest.raises(
+        InputSchemaError, match=r"no Change Data Feed; enable it with ALTER TABLE .*--set events.read=full$"
+    ):
+        run_ingest(spark, cfg)
+    assert not TableStore(spark, cfg.storage).exists(WATCH_EVENTS)
+
+    run_ingest(spark, cfg_factory(*CHANGES, f"events.path={src}", "events.read=full"))  # records v0
+    spark.createDataFrame(ROWS[:1], SCHEMA).write.format("delta").mode("append").save(src)  # v1: no feed
+    spark.sql(f"ALTER TABLE delta.`{src}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    with pytest.raises(InputSchemaError, match=r"change data of .* from v1 is not kept"):
+        run_ingest(spark, cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["events.source=synthetic", "events.mode=append"],
+            "needs events.source=path, events.format=delta and events.mode=append",
+        ),
+        ([*CHANGES[:2], "events.mode=replace"], r"\(got source=path, format=delta, mode=replace\)"),
+        ([*CHANGES[:3], "events.dates=yesterday"], "unset events.dates"),
+    ],
+)
+def test_change_feed_read_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(LOCAL_CONF, [*overrides, "events.read=changes", "events.path=/x"])
