@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, tables)")
     parser.add_argument("--stages", nargs="+", default=STAGES)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds the pipeline may take")
     args = parser.parse_args()
     started = time.time()
     work = os.path.abspath(args.work)
@@ -250,7 +251,12 @@ def main() -> None:
             submit += ["--set", item]
         step("spark-submit jobs/pipeline.py --stages " + " ".join(args.stages))
         submitted = time.time()
-        run(submit, cwd=work, env=env)
+        try:
+            run(submit, cwd=work, env=env, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(
+                f"[cluster] spark-submit still running after {args.timeout} s: stopped"
+            ) from None
         step(f"pipeline finished in {time.time() - submitted:.0f} s")
         check_tables(f"{wh}/tables")
         if "train" in args.stages:
