@@ -297,6 +297,12 @@ class FeaturesConfig(_Strict):
     )
     frames: FramesConfig
     synthetic: SyntheticFeaturesConfig = SyntheticFeaturesConfig()
+    incremental: bool = Field(
+        default=True,
+        description="With the extractor of the current video_features (features.version, source, "
+        "modalities, text model, genre vocabulary): compute features only for videos whose inputs "
+        "changed (inputs_hash) or are new and delete those that left the source, in one MERGE; false: all",
+    )
     max_quarantine_fraction: float = Field(
         default=0.01,
         ge=0,

@@ -230,6 +230,12 @@ def video_features_spec(modalities: Iterable[Modality]) -> TableSpec:
                 for m in modalities
             ],
             _field("feature_version", T.StringType(), "features.version of the run that computed it", False),
+            _field(
+                "inputs_hash",
+                T.LongType(),
+                "xxhash64 of the video's feature inputs (ingest_features recomputes the video when it changes)",
+                False,
+            ),
         ),
     )
 
@@ -630,7 +636,7 @@ class TableStore:
         try:
             rows = out.count()
             if spec.guarded:
-                self._check_rows(spec, rows, replace_where)
+                self.check_rows(spec, rows, replace_where)
             self._create_or_migrate(spec)
             metadata = {"run_id": lineage.run_id, "rows": rows, **(counts or {}), **(inputs or {})}
             writer = (
@@ -703,9 +709,9 @@ class TableStore:
         )
         return upserted
 
-    def _check_rows(self, spec: TableSpec, rows: int, replace_where: str | None = None) -> None:
-        """Refuse an empty result, or one under `min_row_ratio` × the current version's rows (those
-        matching `replace_where`, when given)."""
+    def check_rows(self, spec: TableSpec, rows: int, replace_where: str | None = None) -> None:
+        """Refuse (`RefusedWrite`) an empty result, or one under `min_row_ratio` × the current version's
+        rows (those matching `replace_where`, when given): the guard of `write`, for an upsert's result."""
         current = 0
         if self.exists(spec):  # Delta answers a plain count from file stats
             table = self.read(spec)

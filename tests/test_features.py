@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pyspark.sql import functions as F
 
-from cdml_spark.errors import InputSchemaError
-from cdml_spark.features.ingest import ingest_features, validate_features, write_features
+from cdml_spark.errors import InputSchemaError, RefusedWrite
+from cdml_spark.features.ingest import FeatureSource, ingest_features, validate_features, write_features
+from cdml_spark.serving.embed import embed_catalog
 from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, TableStore, video_features_spec
+from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 
 TWO = "features.modalities=[{name: vis, dim: 3}, {name: aud, dim: 2}]"
 
@@ -31,7 +34,7 @@ def test_validation_quarantines_bad_vectors(spark, cfg_factory):
         ("f", [1.0, 0.0, 0.0], [1.0, 0.0]),  # duplicate_video_id
     ]
     df = spark.createDataFrame(rows, "video_id string, vis array<double>, aud array<double>")
-    report = write_features(spark, cfg, df)
+    report = write_features(spark, cfg, FeatureSource(df))
     assert report["written"] == 2
     assert report["quarantined"] == {
         "wrong_dimension": 1,
@@ -80,7 +83,7 @@ def test_wrong_feature_type_fails_before_writing(spark, cfg_factory):
     cfg = cfg_factory(TWO, "features.source=path")
     df = spark.createDataFrame([("a", "x", [1.0])], "video_id string, vis string, aud array<double>")
     with pytest.raises(InputSchemaError, match="'vis' has type string"):
-        write_features(spark, cfg, df)
+        write_features(spark, cfg, FeatureSource(df))
     assert not TableStore(spark, cfg.storage).exists(video_features_spec(cfg.features.modalities))
 
 
@@ -196,6 +199,10 @@ def test_movielens_100k_features(spark, cfg_factory):
     cfg = cfg_factory("events.source=movielens-100k", "features.source=movielens")
     report = ingest_features(spark, cfg)
     assert report["written"] == 1682 and report["quarantined"] == {}
+    version = TableStore(spark, cfg.storage).version(video_features_spec(cfg.features.modalities))
+    again = ingest_features(spark, cfg)  # same titles, genres and KG: the text model encodes nothing
+    assert (again["update"], again["featurized"], again["written"]) == ("incremental", 0, 0)
+    assert TableStore(spark, cfg.storage).version(video_features_spec(cfg.features.modalities)) == version
     got = features_of(spark, cfg)
     toy = got["1"]  # Toy Story (1995), Animation Children's Comedy
     assert len(toy.text) == 384 and len(toy.meta) == 64
@@ -207,3 +214,90 @@ def test_movielens_100k_features(spark, cfg_factory):
     assert text["50"] @ text["181"] > text["50"] @ text["1"]
     genres = TableStore(spark, cfg.storage).read(video_features_spec(cfg.features.modalities))
     assert genres.where(F.size("meta") != 64).count() == 0
+
+
+FOUR_THREE = "features.modalities=[{name: vis, dim: 4}, {name: aud, dim: 3}]"
+
+
+def _write_vectors(spark, path, rows: dict[str, tuple[list, list]], extra: tuple = ()) -> None:
+    spark.createDataFrame(
+        [*[(v, vis, aud) for v, (vis, aud) in rows.items()], *extra],
+        "video_id string, vis array<double>, aud array<double>",
+    ).write.parquet(str(path))
+
+
+def _path_source(cfg, path, **features):
+    return cfg.model_copy(
+        update={"features": cfg.features.model_copy(update={"path": str(path), **features})}
+    )
+
+
+def _random_rows(n: int) -> dict[str, tuple[list, list]]:
+    rng = np.random.default_rng(0)
+    return {f"v{i}": (rng.standard_normal(4).tolist(), rng.standard_normal(3).tolist()) for i in range(n)}
+
+
+def test_incremental_features_recompute_only_changed_videos(spark, cfg_factory, tmp_path):
+    """A rerun on unchanged input commits nothing; one changed, one new and one removed video change
+    exactly their rows, the others keep their vectors bit for bit (so embed_catalog re-embeds only
+    the two); another features.version recomputes every video. v0's duplicate row is validated again
+    every run (its quarantine stays) without rewriting v0."""
+    torch.manual_seed(0)
+    save_model(
+        CDMLNet(ModelSpec({"vis": 4, "aud": 3}, hidden=[8], embedding_dim=6)), str(tmp_path / "m" / "m1")
+    )
+    rows = _random_rows(20)
+    duplicate = [("v0", [0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0])]
+    _write_vectors(spark, tmp_path / "in1", rows, duplicate)
+    cfg = cfg_factory(
+        FOUR_THREE,
+        "features.source=path",
+        f"features.path={tmp_path / 'in1'}",
+        "features.max_quarantine_fraction=0.1",  # the duplicate
+        f"training.model_dir={tmp_path / 'm'}",
+        "embedding.model_version=m1",
+    )
+    store, spec = TableStore(spark, cfg.storage), video_features_spec(cfg.features.modalities)
+    assert ingest_features(spark, cfg)["update"] == "full"
+    assert embed_catalog(spark, cfg)["embedded"] == 20
+    first, version = features_of(spark, cfg), store.version(spec)
+
+    report = ingest_features(spark, cfg)
+    assert (report["update"], report["featurized"], report["written"]) == ("incremental", 2, 0)
+    assert report["quarantined"] == {"duplicate_video_id": 1} and store.version(spec) == version
+
+    rows["v3"] = (rows["v3"][0], [0.0, 2.0, 0.0])
+    rows["new"] = ([1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    del rows["v7"]
+    _write_vectors(spark, tmp_path / "in2", rows, duplicate)
+    cfg2 = _path_source(cfg, tmp_path / "in2")
+    report = ingest_features(spark, cfg2)
+    assert (report["update"], report["featurized"], report["written"]) == ("incremental", 4, 2)
+    assert store.version(spec) == version + 1  # one MERGE
+    second = features_of(spark, cfg2)
+    assert second.keys() == (first.keys() - {"v7"}) | {"new"}
+    assert np.allclose(second["v3"].aud, [0.0, 1.0, 0.0])  # l2-normalised like a full run
+    assert {v for v in first.keys() & second.keys() if second[v] != first[v]} == {"v3"}  # vectors, run_id
+    assert embed_catalog(spark, cfg2)["embedded"] == 2
+
+    report = ingest_features(spark, _path_source(cfg, tmp_path / "in2", version="other"))
+    assert (report["update"], report["featurized"], report["written"]) == ("full", 21, 20)
+
+
+def test_incremental_features_keep_the_guards(spark, cfg_factory, tmp_path):
+    """An incremental input that is mostly invalid, or much smaller, cannot delete the held rows."""
+    rows = _random_rows(20)
+    _write_vectors(spark, tmp_path / "in1", rows)
+    cfg = cfg_factory(FOUR_THREE, "features.source=path", f"features.path={tmp_path / 'in1'}")
+    ingest_features(spark, cfg)
+    store, spec = TableStore(spark, cfg.storage), video_features_spec(cfg.features.modalities)
+    version = store.version(spec)
+
+    bad = {v: (vis[:3], aud) for v, (vis, aud) in rows.items()}  # every vis vector too short
+    _write_vectors(spark, tmp_path / "in2", bad)
+    with pytest.raises(RefusedWrite, match="20 of 20 input rows invalid"):
+        ingest_features(spark, _path_source(cfg, tmp_path / "in2"))
+    _write_vectors(spark, tmp_path / "in3", dict(list(rows.items())[:5]))
+    with pytest.raises(RefusedWrite, match="min_row_ratio"):
+        ingest_features(spark, _path_source(cfg, tmp_path / "in3"))
+    assert store.version(spec) == version and store.read(spec).count() == 20

@@ -216,9 +216,9 @@ def test_summary_shows_a_featured_video_by_cowatch_and_by_embedding(spark, serve
 
 
 def _write_features(store: TableStore, cfg, features: dict[str, tuple[list, list]]) -> None:
-    rows = [(vid, vis, aud, "v1") for vid, (vis, aud) in sorted(features.items())]
+    rows = [(vid, vis, aud, "v1", 0) for vid, (vis, aud) in sorted(features.items())]  # no inputs to hash
     frame = store.spark.createDataFrame(
-        rows, "video_id string, vis array<float>, aud array<float>, feature_version string"
+        rows, "video_id string, vis array<float>, aud array<float>, feature_version string, inputs_hash long"
     )
     store.write(video_features_spec(cfg.features.modalities), frame, Lineage.new("test", {}))
 

@@ -265,7 +265,11 @@ def test_spark4_refuses_horovod_and_petastorm_in_one_line(spark, pipeline):
 def test_train_refuses_triplets_built_from_other_features(spark, pipeline):
     store = TableStore(spark, pipeline.storage)
     check_inputs(store, triplets_spec(pipeline.features.modalities, True), pipeline)  # consistent now
-    ingest_features(spark, pipeline)  # a newer video_features version than the triplets were built from
+    # a newer video_features version than the triplets were built from (a full rewrite: same inputs)
+    ingest_features(
+        spark,
+        pipeline.model_copy(update={"features": pipeline.features.model_copy(update={"incremental": False})}),
+    )
     try:
         with pytest.raises(StaleTriplets, match="video_features .* rerun make_triplets"):
             train(spark, pipeline)

@@ -8,12 +8,18 @@ Sources (config `features.source`):
 - `path`: a parquet/Delta table of video_id + one array column per modality.
 All of them pass `validate_features`: a null/short id, a missing, wrong-length or non-finite vector
 sends the row to `video_features_quarantine` with the reason; duplicate ids keep one row.
+Each row keeps `inputs_hash`, the hash of the video's inputs (the text and metadata it was computed
+from; a vector source's own vectors): a later run with the same extractor (`features.incremental`)
+computes and writes only the videos whose inputs changed, so the others keep identical vectors.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -26,12 +32,13 @@ from cdml_spark.tables import (
     VIDEO_FEATURES_QUARANTINE,
     VIDEO_METADATA,
     Lineage,
+    TableSpec,
     TableStore,
     check_quarantine,
     video_features_spec,
 )
 
-__all__ = ["ingest_features", "validate_features", "write_features"]
+__all__ = ["FeatureSource", "ingest_features", "validate_features", "write_features"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +68,11 @@ def _l2_normalize(df: DataFrame, names: list[str]) -> DataFrame:
     return with_norms.select(*[scaled.get(c, F.col(c)).alias(c) for c in df.columns])
 
 
-def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, DataFrame]:
-    """(valid rows: video_id + one array<float> per modality, quarantine rows with reasons)."""
+def validate_features(
+    df: DataFrame, cfg: FeaturesConfig, carry: Sequence[str] = ()
+) -> tuple[DataFrame, DataFrame]:
+    """(valid rows: video_id + one array<float> per modality + the `carry` columns as they are,
+    quarantine rows with reasons)."""
     names = [m.name for m in cfg.modalities]
     for name in ["video_id", *names]:
         if name not in df.columns:
@@ -76,6 +86,7 @@ def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, Da
     typed = df.select(
         F.col("video_id").cast("string").alias("video_id"),
         *[F.col(n).cast("array<double>").alias(n) for n in names],
+        *carry,
     )
     id_problem = F.when(F.col("video_id").isNull() | (F.trim("video_id") == ""), F.lit("missing_video_id"))
     vector_problems = [(m.name, _vector_problem(F.col(m.name), m.dim)) for m in cfg.modalities]
@@ -90,10 +101,10 @@ def validate_features(df: DataFrame, cfg: FeaturesConfig) -> tuple[DataFrame, Da
         F.coalesce(problem, duplicate).alias("reason"),
         F.when(id_problem.isNull(), bad_modality).alias("modality"),
     )
-    valid = checked.where(F.col("reason").isNull()).select("video_id", *names)
+    valid = checked.where(F.col("reason").isNull()).select("video_id", *names, *carry)
     if cfg.l2_normalize:
         valid = _l2_normalize(valid, names)
-    valid = valid.select("video_id", *[F.col(n).cast("array<float>").alias(n) for n in names])
+    valid = valid.select("video_id", *[F.col(n).cast("array<float>").alias(n) for n in names], *carry)
     quarantine = checked.where(F.col("reason").isNotNull()).select("video_id", "reason", "modality")
     return valid, quarantine
 
@@ -102,30 +113,108 @@ def _reason_counts(quarantine: DataFrame) -> dict[str, int]:
     return {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
 
 
+def _as_is(inputs: DataFrame) -> DataFrame:
+    return inputs
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """`inputs`: video_id and the columns a video's vectors are computed from (all of them hashed into
+    its `inputs_hash`); `featurize`: inputs rows (with inputs_hash) → video_id, inputs_hash and one
+    vector per modality, run only on the videos to (re)compute (default: the inputs are the vectors);
+    `extractor`: what every video's vectors also depend on (model, vocabulary), recorded in the commit;
+    `upstream_quarantine`: rows rejected before `inputs` (bad frames)."""
+
+    inputs: DataFrame
+    featurize: Callable[[DataFrame], DataFrame] = _as_is
+    extractor: dict = field(default_factory=dict)
+    upstream_quarantine: DataFrame | None = None
+
+
+def _hashed(inputs: DataFrame) -> DataFrame:
+    """`inputs` (video_id as string) plus `inputs_hash`: xxhash64 of all of the video's rows (row
+    order aside), so a changed duplicate changes it too; and `_rows`, the video's number of rows."""
+    columns = [c for c in inputs.columns if c != "video_id"]
+    video = Window.partitionBy("video_id")
+    row_hashes = F.sort_array(F.collect_list(F.xxhash64(*columns)).over(video))
+    return inputs.withColumn("video_id", F.col("video_id").cast("string")).select(
+        "*", F.xxhash64(row_hashes).alias("inputs_hash"), F.count(F.lit(1)).over(video).alias("_rows")
+    )
+
+
+def _extractor(cfg: FeaturesConfig, source: FeatureSource) -> dict:
+    """The extractor's identity (as JSON reads it back): what all vectors depend on besides their inputs."""
+    identity = {
+        "version": cfg.version,
+        "source": cfg.source,
+        "modalities": {m.name: m.dim for m in cfg.modalities},
+        "l2_normalize": cfg.l2_normalize,
+        **source.extractor,
+    }
+    return json.loads(json.dumps(identity, sort_keys=True))
+
+
+def _held(store: TableStore, cfg: FeaturesConfig, spec: TableSpec, extractor: dict) -> DataFrame | None:
+    """(video_id, inputs_hash) of the current `video_features` when an incremental run can build on
+    them: incremental mode is on, the table exists and its last write recorded this `extractor`."""
+    if (
+        not (cfg.incremental and store.exists(spec))
+        or store.commit_inputs(spec).get("extractor") != extractor
+    ):
+        return None
+    return store.read(spec).select("video_id", "inputs_hash")
+
+
+def _merge(
+    store: TableStore,
+    spec: TableSpec,
+    valid: DataFrame,
+    unchanged: DataFrame,
+    held: DataFrame,
+    lineage: Lineage,
+    inputs: dict,
+) -> int:
+    """Upsert the `valid` rows that are not held as they are and delete the held videos neither
+    `unchanged` nor valid now, in one MERGE; refused as `write` refuses a result that is too small."""
+    store.check_rows(spec, unchanged.count() + valid.count())
+    changed = valid.join(held, ["video_id", "inputs_hash"], "left_anti")  # a re-checked duplicate may be held
+    kept = unchanged.unionByName(valid.select("video_id"))
+    gone = held.select("video_id").join(kept, "video_id", "left_anti")
+    return store.upsert(spec, changed, lineage, ["video_id"], deleted=gone, inputs=inputs)
+
+
 def write_features(
-    spark: SparkSession,
-    cfg: AppConfig,
-    source: DataFrame,
-    run_id: str | None = None,
-    upstream_quarantine: DataFrame | None = None,
+    spark: SparkSession, cfg: AppConfig, source: FeatureSource, run_id: str | None = None
 ) -> dict:
-    """Validate `source` and replace `video_features` and its quarantine; returns counts."""
+    """Validate `source` into `video_features` and replace its quarantine; returns counts. Unless
+    `features.incremental` is off, the table is missing or its extractor differs (`_held`), only
+    videos whose inputs changed or are new (or with duplicate rows) are featurized and upserted, and
+    videos that left the source or now fail validation are deleted, in one MERGE (none if nothing
+    changed). Invalid videos are never held, so they are always validated again: the quarantine and
+    its guard see what a full run sees."""
     start = time.time()
-    source = source.persist(
-        StorageLevel.MEMORY_AND_DISK
-    )  # computed once (text encoding is costly), read twice
-    valid, quarantine = validate_features(source, cfg.features)  # schema errors raise before writing
-    input_rows = source.count()
+    store = TableStore(spark, cfg.storage)
+    spec = video_features_spec(cfg.features.modalities)
+    extractor = _extractor(cfg.features, source)
+    inputs = _hashed(source.inputs).persist(StorageLevel.MEMORY_AND_DISK)
+    held = _held(store, cfg.features, spec, extractor)
+    todo = inputs
+    if held is not None:
+        unchanged = inputs.where("_rows = 1").join(held, ["video_id", "inputs_hash"], "left_semi")
+        unchanged = unchanged.select("video_id")
+        todo = inputs.join(unchanged, "video_id", "left_anti")
+    # computed once (text encoding is costly), read twice
+    features = source.featurize(todo.drop("_rows")).persist(StorageLevel.MEMORY_AND_DISK)
+    valid, quarantine = validate_features(features, cfg.features, carry=["inputs_hash"])
+    input_rows, featurized = inputs.count(), features.count()
     invalid_videos = _reason_counts(quarantine)
     reasons = dict(invalid_videos)
-    if upstream_quarantine is not None:  # bad frames: reported, but not part of the videos' invalid share
-        quarantine = quarantine.unionByName(upstream_quarantine)
-        for reason, count in _reason_counts(upstream_quarantine).items():
+    if source.upstream_quarantine is not None:  # bad frames: reported, not part of the videos' invalid share
+        quarantine = quarantine.unionByName(source.upstream_quarantine)
+        for reason, count in _reason_counts(source.upstream_quarantine).items():
             reasons[reason] = reasons.get(reason, 0) + count
     counts = {"input_rows": input_rows, "quarantined": reasons}
-    store = TableStore(spark, cfg.storage)
     lineage = Lineage.new("ingest_features", cfg.features.model_dump(), run_id)
-    spec = video_features_spec(cfg.features.modalities)
     if input_rows:
         store.write(VIDEO_FEATURES_QUARANTINE, quarantine, lineage, counts=counts)
     check_quarantine(
@@ -135,21 +224,33 @@ def write_features(
         cfg.features.max_quarantine_fraction,
         "features.max_quarantine_fraction",
     )
-    written = store.write(
-        spec, valid.withColumn("feature_version", F.lit(cfg.features.version)), lineage, counts=counts
-    )
-    source.unpersist()
+    valid = valid.withColumn("feature_version", F.lit(cfg.features.version))
+    if held is None:
+        written = store.write(spec, valid, lineage, inputs={"extractor": extractor}, counts=counts)
+    else:
+        written = _merge(store, spec, valid, unchanged, held, lineage, {**counts, "extractor": extractor})
+    features.unpersist()
+    inputs.unpersist()
     seconds = time.time() - start
+    update = "full" if held is None else "incremental"
     log.info(
-        "features: %s videos written (%s), quarantined %s %s in %.1fs (%.0f videos/s)",
+        "features (%s): %s of %s input rows featurized, %s videos written (%s), quarantined %s %s in %.1fs",
+        update,
+        f"{featurized:,}",
+        f"{input_rows:,}",
         f"{written:,}",
         ", ".join(f"{m.name}[{m.dim}]" for m in cfg.features.modalities),
         f"{sum(reasons.values()):,}",
         reasons or "",
         seconds,
-        written / max(seconds, 1e-9),
     )
-    return {"written": written, "quarantined": reasons, "seconds": seconds}
+    return {
+        "update": update,
+        "featurized": featurized,
+        "written": written,
+        "quarantined": reasons,
+        "seconds": seconds,
+    }
 
 
 def _read_features_path(spark: SparkSession, cfg: FeaturesConfig) -> DataFrame:
@@ -213,10 +314,10 @@ def _write_source(spark: SparkSession, cfg: AppConfig, run_id: str | None) -> di
     if source == "synthetic":
         from cdml_spark.synthetic import synthetic_features
 
-        return write_features(spark, cfg, synthetic_features(spark, cfg), run_id)
+        return write_features(spark, cfg, FeatureSource(synthetic_features(spark, cfg)), run_id)
     if source == "frames":
         from cdml_spark.features.frames import frame_features
 
         pooled, bad_frames = frame_features(spark, cfg)
-        return write_features(spark, cfg, pooled, run_id, upstream_quarantine=bad_frames)
-    return write_features(spark, cfg, _read_features_path(spark, cfg.features), run_id)
+        return write_features(spark, cfg, FeatureSource(pooled, upstream_quarantine=bad_frames), run_id)
+    return write_features(spark, cfg, FeatureSource(_read_features_path(spark, cfg.features)), run_id)

