@@ -66,10 +66,11 @@ def run(cmd: list[str], **kwargs) -> None:
 
 def build_venv(work: str) -> str:
     """A venv on this clone's library layers with only the project's wheel added; its python."""
-    dist = os.path.join(work, "dist")
-    run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", dist, REPO]
-    )  # databricks.yml's build
+    dist, src = os.path.join(work, "dist"), os.path.join(work, "src")
+    # databricks.yml's build command, on a copy of the package: setuptools leaves build/ in its source
+    shutil.copytree(os.path.join(REPO, "cdml_spark"), os.path.join(src, "cdml_spark"))
+    shutil.copy(os.path.join(REPO, "pyproject.toml"), src)
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", dist, src])
     (wheel,) = glob.glob(os.path.join(dist, "cdml_spark-*.whl"))
     venv = os.path.join(work, "venv")
     run([sys._base_executable, "-m", "venv", "--without-pip", venv])

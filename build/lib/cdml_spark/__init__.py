@@ -1,1 +1,0 @@
-"""Collaborative Deep Metric Learning on Spark, Delta, Petastorm and PyTorch."""
