@@ -75,16 +75,11 @@ def build_venv(work: str) -> str:
     venv = os.path.join(work, "venv")
     run([sys._base_executable, "-m", "venv", "--without-pip", venv])
     site = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))[0]
-    # the clone's venv adds its library layers with .pth files; every one but the clone's own path
-    ours = glob.glob(os.path.join(sys.prefix, "lib", "python3*", "site-packages"))[0]
-    layers = [ours]
-    for pth in sorted(glob.glob(os.path.join(ours, "*.pth"))):
-        with open(pth) as handle:
-            text = handle.read()
-        if "site.addsitedir" in text:
-            layers.append(text.split("addsitedir('", 1)[1].split("'", 1)[0])
-    with open(os.path.join(site, "00-layers.pth"), "w") as handle:
-        handle.write("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in layers[1:]) + "\n")
+    # the library venv this clone's .venv is layered on (scripts/setup.sh records it), not the clone
+    with open(os.path.join(sys.prefix, "layered-on")) as handle:
+        library = glob.glob(os.path.join(handle.read().strip(), "lib", "python3*", "site-packages"))[0]
+    with open(os.path.join(site, "00-library.pth"), "w") as handle:
+        handle.write(f"import site; site.addsitedir({library!r})\n")
     python = os.path.join(venv, "bin", "python")
     run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel])
     where = subprocess.check_output(
@@ -170,11 +165,7 @@ def check_tables(tables_root: str) -> None:
     """Every table the stages wrote, read back without Spark: not empty, and consistent."""
     from deltalake import DeltaTable
 
-    def frame(name: str):
-        return DeltaTable(os.path.join(tables_root, name)).to_pandas()
-
-    counts = {}
-    for name in (
+    names = (
         "watch_events",
         "cowatch_edges",
         "video_stats",
@@ -182,12 +173,13 @@ def check_tables(tables_root: str) -> None:
         "triplets",
         "video_embeddings",
         "video_neighbors",
-    ):
-        counts[name] = len(frame(name))
-        if counts[name] == 0:
+    )
+    frames = {name: DeltaTable(os.path.join(tables_root, name)).to_pandas() for name in names}
+    counts = {name: len(frame) for name, frame in frames.items()}
+    for name, rows in counts.items():
+        if rows == 0:
             raise SystemExit(f"[cluster] table {name} is empty")
-    features, embeddings = frame("video_features"), frame("video_embeddings")
-    if set(embeddings["video_id"]) != set(features["video_id"]):
+    if set(frames["video_embeddings"]["video_id"]) != set(frames["video_features"]["video_id"]):
         raise SystemExit("[cluster] video_embeddings does not cover exactly the video_features catalog")
     step("tables read back: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
