@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from databricks.bundles.jobs import Job
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from cdml_spark.config import AppConfig, load_config
 from cdml_spark.pipeline import STAGES
@@ -40,8 +44,6 @@ def test_pipeline_job_is_valid_and_runs_existing_scripts():
         Job.from_dict({**job, "tasks": [{"task_key": "x", "spark_python_task": {"python_fil": "a.py"}}]})
     assert job["name"].startswith("${bundle.target}-")
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
-    for cluster in clusters.values():
-        assert cluster["spark_version"].startswith("15.4.x-") and "-ml-" in cluster["spark_version"]
     assert job["schedule"]["quartz_cron_expression"] and job["email_notifications"]["on_failure"]
     for task in job["tasks"]:
         key = task["task_key"]
@@ -49,7 +51,31 @@ def test_pipeline_job_is_valid_and_runs_existing_scripts():
         script = (source.parent / task["spark_python_task"]["python_file"]).resolve()
         assert script == ROOT / "jobs" / f"{key}.py" and script.is_file(), key
     train = next(t for t in job["tasks"] if t["task_key"] == "train")
-    assert clusters[train["job_cluster_key"]]["spark_version"].startswith("15.4.x-gpu-ml")
+    assert train["job_cluster_key"] == "gpu"
+
+
+# the runtime variable's two lines: (runtime, scala) -> the spark_version keys Databricks lists
+RUNTIME_KEYS = {
+    ("15.4.x", "2.12"): {"cpu": "15.4.x-cpu-ml-scala2.12", "gpu": "15.4.x-gpu-ml-scala2.12"},
+    ("17.3.x", "2.13"): {"cpu": "17.3.x-cpu-ml-scala2.13", "gpu": "17.3.x-gpu-ml-scala2.13"},
+}
+
+
+@pytest.mark.parametrize("runtime, scala", RUNTIME_KEYS)
+def test_runtime_variable_picks_every_cluster_runtime(runtime, scala):
+    """Every job cluster's spark_version comes from the `runtime` and `scala` variables; the defaults
+    are the card's 15.4 LTS ML, and `--var runtime=17.3.x --var scala=2.13` gives 17.3 LTS ML."""
+    ((_, job),) = bundle_jobs().values()
+    variables = {"runtime": runtime, "scala": scala}
+    versions = {
+        c["job_cluster_key"]: re.sub(
+            r"\$\{var\.(\w+)\}", lambda m: variables[m.group(1)], c["new_cluster"]["spark_version"]
+        )
+        for c in job["job_clusters"]
+    }
+    assert versions == RUNTIME_KEYS[runtime, scala]
+    defaults = target_variables("prod")
+    assert (defaults["runtime"], defaults["scala"]) == ("15.4.x", "2.12")
 
 
 def test_tasks_are_the_pipeline_stages():
@@ -155,3 +181,21 @@ def test_wheel_leaves_the_runtime_stack_alone():
     assert names and not names & runtime
     local = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in project["optional-dependencies"]["local"]}
     assert runtime <= local  # elsewhere, `pip install .[local]` brings the stack
+
+
+@pytest.mark.parametrize(
+    "lock, python", [("requirements.lock", "3.11"), ("requirements-spark4.lock", "3.12")]
+)
+def test_wheel_installs_on_both_runtimes(lock, python):
+    """The wheel's requirements accept each stack's pinned versions and its runtime's Python (15.4 LTS
+    ML: 3.11; 17.3 LTS ML: 3.12), so installing it on either runtime changes none of its packages."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert Version(python) in SpecifierSet(project["requires-python"])
+    pins = {}
+    for line in (ROOT / lock).read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, pinned = line.split("==")
+            pins[canonicalize_name(name)] = Version(pinned)
+    for requirement in map(Requirement, project["dependencies"]):
+        name = canonicalize_name(requirement.name)
+        assert name in pins and pins[name] in requirement.specifier, (lock, str(requirement))
