@@ -51,18 +51,27 @@ def write_embeddings(spark: SparkSession, store: TableStore, matrix: np.ndarray)
     """`video_embeddings` rows v0000000, v0000001, … (id order = row order)."""
     frame = pd.DataFrame({"video_id": [f"v{i:07d}" for i in range(len(matrix))], "embedding": list(matrix)})
     df = spark.createDataFrame(frame, "video_id string, embedding array<float>")
-    store.write(VIDEO_EMBEDDINGS, df.selectExpr("*", "'bench' AS model_version"), Lineage.new("bench", {}))
+    bench = df.selectExpr("*", "'bench' AS model_version", "xxhash64(embedding) AS features_hash")
+    store.write(VIDEO_EMBEDDINGS, bench, Lineage.new("bench", {}))
+
+
+def row_numbers(ids: pa.ChunkedArray) -> np.ndarray:
+    return pc.cast(pc.utf8_slice_codeunits(ids, 1), pa.int64()).to_numpy()
 
 
 def neighbor_table(spark: SparkSession, store: TableStore, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row numbers [n, k], scores [n, k]) of the `video_neighbors` table, by query and rank."""
+    """(row numbers [n, k], scores [n, k]) of the `video_neighbors` table, by query and rank; -1 and
+    NaN where a list is shorter than k (an IVF search that probed fewer than k candidates)."""
     files = snapshot_files(spark, store.location(VIDEO_NEIGHBORS))
     table = pa.concat_tables(
         pq.read_table(f.removeprefix("file:"), columns=["video_id", "neighbor_id", "rank", "score"])
         for f in files
-    ).sort_by([("video_id", "ascending"), ("rank", "ascending")])
-    rows = pc.cast(pc.utf8_slice_codeunits(table.column("neighbor_id"), 1), pa.int64()).to_numpy()
-    return rows.reshape(n, k), table.column("score").to_numpy().reshape(n, k)
+    )
+    query, rank = row_numbers(table.column("video_id")), table.column("rank").to_numpy() - 1
+    rows, scores = np.full((n, k), -1, dtype=np.int64), np.full((n, k), np.nan, dtype=np.float32)
+    rows[query, rank] = row_numbers(table.column("neighbor_id"))
+    scores[query, rank] = table.column("score").to_numpy()
+    return rows, scores
 
 
 def differences(ids: np.ndarray, scores: np.ndarray, ref_ids: np.ndarray, ref_scores: np.ndarray) -> int:
