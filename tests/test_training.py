@@ -326,7 +326,8 @@ def test_mds_shards_are_written_once_per_triplets_version(spark, tmp_path):
 
     def commit(rows: range, mode: str) -> tuple[int, list[str]]:
         frame = spark.createDataFrame([(i, i + 1, i + 2, "train" if i % 4 else "validation") for i in rows])
-        frame.toDF(*KEYS, "split").repartition(2).write.format("delta").mode(mode).save(path)
+        writer = frame.toDF(*KEYS, "split").repartition(2).write.format("delta")
+        writer.partitionBy("split").mode(mode).save(path)  # split a partition, as in triplets
         version = DeltaTable.forPath(spark, path).history(1).first()["version"]
         return version, snapshot_files(spark, path, "train", version=version)
 
