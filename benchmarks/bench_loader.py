@@ -1,15 +1,18 @@
-"""Benchmark: each loader (`training.loader`: petastorm, arrow) vs the same triplets as in-memory torch
-tensors, at batch 7200.
+"""Benchmark: each loader (`training.loader`: petastorm, arrow, streaming) vs the same triplets as
+in-memory torch tensors, at batch 7200.
 
     .venv/bin/python benchmarks/bench_loader.py [--config conf/local.yaml] [--batch 7200] [--epochs 2]
-        [--loaders petastorm arrow]
+        [--loaders petastorm arrow streaming]
 
 Reads the current `triplets` snapshot's training files (one process, all shards): an untimed
 warm-up epoch per loader (imports, page cache; the first one collects the rows the in-memory path
 indexes), then `--epochs` timed epochs of each path, each batch dropped once counted as a training
 step drops it. Prints rows/s for each path side by side and each loader's ratio to memory (1 =
-parity). The default loaders are those this stack has (the spark4 stack has no Petastorm). Ids-only triplets (`triplets.materialize_features: false`)
-get their vectors from the same in-memory features lookup `train` uses. Run after `make_triplets`.
+parity). The default loaders are those this stack has (card: petastorm, arrow; spark4: arrow,
+streaming). `streaming` first converts the snapshot to MDS shards as `train` does (or reuses them: same
+place, same triplets version); that one-off time is printed apart. Ids-only triplets
+(`triplets.materialize_features: false`) get their vectors from the same in-memory features lookup
+`train` uses. Run after `make_triplets`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from cdml_spark.spark import get_spark
 from cdml_spark.tables import TableStore, triplets_spec
 from cdml_spark.training.inputs import training_catalog
 from cdml_spark.training.loader import iterate_batches, snapshot_files
+from cdml_spark.training.train import streaming_shards
 
 
 def main() -> None:
@@ -35,22 +39,32 @@ def main() -> None:
     parser.add_argument("--config", default="conf/local.yaml")
     parser.add_argument("--batch", type=int, default=7200)
     parser.add_argument("--epochs", type=int, default=2)
-    default_loaders = ["petastorm", "arrow"] if stack() == "card" else ["arrow"]
-    parser.add_argument("--loaders", nargs="+", choices=["petastorm", "arrow"], default=default_loaders)
+    default_loaders = ["petastorm", "arrow"] if stack() == "card" else ["arrow", "streaming"]
+    parser.add_argument(
+        "--loaders", nargs="+", choices=["petastorm", "arrow", "streaming"], default=default_loaders
+    )
     args = parser.parse_args()
     setup_logging()
     cfg = load_config(args.config)
     spark = get_spark(cfg)
     store = TableStore(spark, cfg.storage)
     table = triplets_spec(cfg.features.modalities, True)
-    files = snapshot_files(spark, store.location(table), "train")
+    version = store.version(table)
+    files = snapshot_files(spark, store.location(table), "train", version=version)
     names = [m.name for m in cfg.features.modalities]
     ids_only = any(f"anchor_{name}" not in store.read(table).columns for name in names)
     features = training_catalog(store, cfg)[0] if ids_only else None
+    sources = {loader: files for loader in args.loaders}
+    if "streaming" in args.loaders:  # as `train` writes them (or finds them)
+        start = time.time()
+        sources["streaming"] = [streaming_shards(store, cfg, files, version, not ids_only)]
+        print(
+            f"MDS shards of triplets v{version} ready in {time.time() - start:.1f} s: {sources['streaming'][0]}"
+        )
 
     def loader_epoch(loader: str, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         batches = iterate_batches(
-            files, names, args.batch, 0, 1, seed=epoch, features=features, loader=loader
+            sources[loader], names, args.batch, 0, 1, seed=epoch, features=features, loader=loader
         )
         for batch in batches:
             yield {k: torch.from_numpy(v) for k, v in batch.items()}

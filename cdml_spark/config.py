@@ -394,10 +394,16 @@ class TrainingConfig(_Strict):
     num_processes: int = Field(ge=1, description="TorchDistributor processes (gloo on CPU, NCCL on GPUs)")
     local_mode: bool = Field(description="TorchDistributor: processes on the driver (true) or barrier tasks")
     use_gpu: Literal["auto", "true", "false"] = "auto"
-    loader: Literal["petastorm", "arrow"] = Field(
+    loader: Literal["petastorm", "arrow", "streaming"] = Field(
         default_factory=default_loader,
-        description="How ranks read the triplets snapshot: petastorm (card stack's default) or arrow "
-        "(pyarrow alone; the spark4 stack's default, it has no Petastorm)",
+        description="How ranks read the triplets snapshot: petastorm (card stack's default), arrow "
+        "(pyarrow alone; the spark4 stack's default, it has no Petastorm) or streaming (Mosaic Streaming "
+        "MDS shards written once per triplets version; spark4 stack only)",
+    )
+    streaming_dir: str | None = Field(
+        default=None,
+        description="loader=streaming: where the MDS shards go, <streaming_dir>/triplets-<Delta table id>/"
+        "v<version>/; default <storage.cache_dir>/mds (a UC Volume on Databricks)",
     )
     shuffle_batches: int = Field(default=4, ge=1, description="Shuffle buffer, in batches")
     reader_workers: int = Field(

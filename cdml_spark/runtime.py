@@ -3,7 +3,8 @@ ML: Spark 3.5, Petastorm, Horovod) or `spark4` (the 17.3 LTS ML line: Spark 4, n
 Petastorm nor Horovod). It follows the installed pyspark's major version (read from the package
 metadata: nothing is imported). It decides `training.loader`'s default, which Delta jars (Scala 2.12
 or 2.13, in `<cache>/jars` or `<cache>/jars-spark4`, as `scripts/setup.sh` puts them) a local Spark
-loads, and refuses Horovod and Petastorm on spark4."""
+loads, and refuses Horovod and Petastorm on spark4, Mosaic Streaming (`training.loader=streaming`) on
+the card stack."""
 
 from __future__ import annotations
 
@@ -49,11 +50,17 @@ def default_loader() -> Literal["petastorm", "arrow"]:
 
 
 def require_loader(loader: str) -> None:
-    """Raise `ConfigError` for `training.loader=petastorm` on a stack without Petastorm."""
+    """Raise `ConfigError` for `training.loader=petastorm` on a stack without Petastorm and
+    `training.loader=streaming` on one without Mosaic Streaming."""
     if loader == "petastorm" and stack() == "spark4":
         raise ConfigError(
             "training.loader=petastorm: the spark4 stack has no Petastorm (it needs pyarrow < 15, numpy < 2); "
             "use training.loader=arrow"
+        )
+    if loader == "streaming" and stack() == "card":
+        raise ConfigError(
+            "training.loader=streaming: the card stack has no Mosaic Streaming (mosaicml-streaming is pinned "
+            "on the spark4 stack only); use training.loader=petastorm or arrow, or CDML_STACK=spark4"
         )
 
 

@@ -91,6 +91,7 @@ def pipeline(spark, tmp_path_factory):
         "triplets.materialize_features=true",  # the Petastorm path Databricks uses (local.yaml: ids only)
         f"training.model_dir={root / 'models'}",
         f"training.checkpoint_dir={root / 'checkpoints'}",
+        f"training.streaming_dir={root / 'mds'}",  # loader=streaming's MDS shards
         f"training.mlflow.tracking_uri=file:{root / 'mlruns'}",
         "training.hidden=[32]",
         "training.embedding_dim=16",

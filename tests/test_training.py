@@ -1,10 +1,13 @@
 """Loss and mining against brute force; model save/load; shard coverage of each loader (Petastorm,
-pyarrow); a real 2-process TorchDistributor (gloo) run that learns, checkpoints and resumes; `train_worker`
-in spawned processes (gloo, each loader): per-rank RNG streams and resume from the checkpoint's RNG
-state (CPU; CUDA where present). Petastorm and Horovod tests skip on the spark4 stack, which has neither."""
+pyarrow, Mosaic Streaming); a real 2-process TorchDistributor (gloo) run that learns, checkpoints and
+resumes; `train_worker` in spawned processes (gloo, each loader): per-rank RNG streams and resume from
+the checkpoint's RNG state (CPU; CUDA where present); MDS shards written once per triplets version.
+Petastorm and Horovod tests skip on the spark4 stack, which has neither; streaming tests skip on the
+card stack, which has no Mosaic Streaming (it refuses the loader in one line)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -18,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from delta.tables import DeltaTable
 
 from cdml_spark.config import MlflowConfig, TrainingConfig, load_config
 from cdml_spark.errors import ConfigError, StaleTriplets, UnknownVideoKey
@@ -26,6 +30,7 @@ from cdml_spark.runtime import stack
 from cdml_spark.tables import COWATCH_EDGES, TableStore, triplets_spec, video_features_spec
 from cdml_spark.training.inputs import check_inputs
 from cdml_spark.training.loader import ROLES, FeatureTable, iterate_batches, snapshot_files
+from cdml_spark.training.mds import ensure_mds
 from cdml_spark.training.mining import ForbiddenPairs, mine_negatives, squared_distances, triplet_loss
 from cdml_spark.training.model import CDMLNet, ModelSpec, load_model, save_model
 from cdml_spark.training.plan import TrainPlan, ValidationSet
@@ -36,7 +41,21 @@ from tests.conftest import LOCAL_CONF
 
 ON_SPARK4 = stack() == "spark4"
 needs_petastorm = pytest.mark.skipif(ON_SPARK4, reason="the spark4 stack has no Petastorm")
-LOADERS = [pytest.param("petastorm", marks=needs_petastorm), "arrow"]
+needs_streaming = pytest.mark.skipif(not ON_SPARK4, reason="the card stack has no Mosaic Streaming")
+LOADERS = [
+    pytest.param("petastorm", marks=needs_petastorm),
+    "arrow",
+    pytest.param("streaming", marks=needs_streaming),
+]
+KEYS = [f"{r}_key" for r in ROLES]
+
+
+def _source(files: list[str], loader: str, tmp_path, names: list[str]) -> list[str]:
+    """What `iterate_batches` reads with `loader`: the parquet files, or (streaming) their MDS copy."""
+    if loader != "streaming":
+        return files
+    columns = KEYS + [f"{r}_{n}" for r in ROLES for n in names]
+    return [ensure_mds(files, columns, str(tmp_path / "mds"), 0)]
 
 
 def brute_force_mine(miner, a, p, pool, aid, pid, pool_ids, own, neighbours) -> list[int]:
@@ -146,15 +165,15 @@ def _catalog(spark, store: TableStore, cfg, names: list[str]) -> FeatureTable:
 
 @pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("ids_only", [False, True])
-def test_shards_cover_every_row_once(spark, pipeline, ids_only, loader):
-    """Each loader over the Delta snapshot's files: ranks 0 and 1 of 2 together yield every training
-    row once, each row's vectors are its videos' features (materialised or looked up); a seed fixes
-    the order."""
+def test_shards_cover_every_row_once(spark, pipeline, ids_only, loader, tmp_path):
+    """Each loader over the Delta snapshot's files (streaming: their MDS copy): ranks 0 and 1 of 2
+    together yield every training row once, each row's vectors are its videos' features (materialised
+    or looked up); a seed fixes the order."""
     cfg = pipeline
     store = TableStore(spark, cfg.storage)
     table = triplets_spec(cfg.features.modalities, materialize=True)
-    files = snapshot_files(spark, store.location(table), "train")
     names = ["vis", "aud"]
+    files = _source(snapshot_files(spark, store.location(table), "train"), loader, tmp_path, names)
     catalog = _catalog(spark, store, cfg, names)
     features = catalog if ids_only else None
     expected = Counter(
@@ -187,13 +206,37 @@ def test_shards_cover_every_row_once(spark, pipeline, ids_only, loader):
     assert keys(3) == keys(3) != keys(4)
 
 
+@needs_streaming
+def test_streaming_resumes_mid_epoch_at_a_row_offset(tmp_path):
+    """A rank's epoch restarted at its k-th row yields exactly the rows it had not yet taken, in the
+    same order (the order depends on the shards, seed, rank and world alone); other loaders refuse it."""
+    path = str(tmp_path / "t.parquet")
+    pq.write_table(pa.table({k: np.arange(101, dtype=np.int64) * (i + 1) for i, k in enumerate(KEYS)}), path)
+    directory = _source([path], "streaming", tmp_path, [])
+
+    def keys(start: int) -> list[int]:
+        batches = iterate_batches(directory, [], 16, 1, 2, seed=5, loader="streaming", start=start)
+        return [k for b in batches for k in b["anchor_key"].tolist()]
+
+    whole = keys(0)
+    assert len(whole) == 50 and whole != sorted(whole)  # rank 1 of 2: 50 of 101 rows, shuffled
+    assert keys(21) == whole[21:] and keys(50) == []
+    with pytest.raises(ValueError, match="only the streaming loader resumes mid-epoch"):
+        next(iterate_batches([path], [], 16, 1, 2, seed=5, loader="arrow", start=21))
+
+
 @pytest.mark.parametrize("loader", LOADERS)
 def test_vectors_of_different_lengths_raise(tmp_path, loader):
     path = tmp_path / "ragged.parquet"
     columns = {f"{r}_key": [1, 2] for r in ROLES} | {f"{r}_vis": [[0.5, 1.0], [2.0]] for r in ROLES}
     pq.write_table(pa.table(columns), path)
     with pytest.raises(ValueError, match="vectors of different lengths"):
-        list(iterate_batches([str(path)], ["vis"], 2, 0, 1, seed=0, loader=loader))
+        list(
+            iterate_batches(
+                _source([str(path)], loader, tmp_path, ["vis"]), ["vis"], 2, 0, 1, 0, loader=loader
+            )
+        )
+    assert not (tmp_path / "mds" / "v0").exists()  # streaming: no shards that look complete
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -203,6 +246,9 @@ def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline, lo
     cfg = pipeline.model_copy(update={"training": training})
     info = train(spark, cfg)
     history = info["history"]
+    shards = sorted(glob.glob(f"{training.streaming_dir}/triplets-*/v{info['triplets_version']}/index.json"))
+    assert len(shards) == 1 or loader != "streaming"  # the MDS copy of this triplets version
+    written = [(os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in shards]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     # learns the co-watch metric: validation NDCG above the same network before training
     assert info["val_ndcg"] > info["val_ndcg_untrained"] + 0.03, (info["val_ndcg_untrained"], history)
@@ -228,6 +274,7 @@ def test_distributed_training_learns_checkpoints_and_resumes(spark, pipeline, lo
     assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
     assert resumed[:3] == history  # restored from the checkpoint, not retrained
     assert resumed[3]["step"] > history[2]["step"]
+    assert [(os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in shards] == written  # same version: reused
 
 
 @pytest.mark.skipif(ON_SPARK4, reason="the spark4 stack has no Horovod")
@@ -260,6 +307,51 @@ def test_spark4_refuses_horovod_and_petastorm_in_one_line(spark, pipeline):
         train(spark, pipeline, backend="horovod")
     with pytest.raises(ConfigError, match="training.loader=petastorm: the spark4 stack has no Petastorm"):
         load_config(LOCAL_CONF, ["training.loader=petastorm"])
+
+
+@pytest.mark.skipif(ON_SPARK4, reason="the spark4 stack has Mosaic Streaming")
+def test_card_stack_refuses_the_streaming_loader_in_one_line():
+    with pytest.raises(
+        ConfigError, match="training.loader=streaming: the card stack has no Mosaic Streaming"
+    ) as err:
+        load_config(LOCAL_CONF, ["training.loader=streaming"])
+    assert "\n" not in str(err.value)
+
+
+@needs_streaming
+def test_mds_shards_are_written_once_per_triplets_version(spark, tmp_path):
+    """A Delta table's train split as MDS shards: a second call on the same version reuses them (not
+    rewritten), a crashed writer's scratch folder never counts, a new version's shards replace the old."""
+    path = str(tmp_path / "triplets")
+
+    def commit(rows: range, mode: str) -> tuple[int, list[str]]:
+        frame = spark.createDataFrame([(i, i + 1, i + 2, "train" if i % 4 else "validation") for i in rows])
+        writer = frame.toDF(*KEYS, "split").repartition(2).write.format("delta")
+        writer.partitionBy("split").mode(mode).save(path)  # split a partition, as in triplets
+        version = DeltaTable.forPath(spark, path).history(1).first()["version"]
+        return version, snapshot_files(spark, path, "train", version=version)
+
+    def rows(directory: str) -> list[int]:
+        return sorted(
+            k
+            for b in iterate_batches([directory], [], 7, 0, 1, 0, loader="streaming")
+            for k in b["anchor_key"]
+        )
+
+    v0, files = commit(range(40), "overwrite")
+    table_dir = str(tmp_path / "mds" / DeltaTable.forPath(spark, path).detail().first()["id"])
+    os.makedirs(os.path.join(table_dir, f".v{v0}.tmp-crashed"))  # a writer that died: half a set, no rename
+    first = ensure_mds(files, KEYS, table_dir, v0)
+    assert first.endswith(f"v{v0}") and rows(first) == [i for i in range(40) if i % 4]
+    index = os.path.join(first, "index.json")
+    stamp = (os.stat(index).st_ino, os.stat(index).st_mtime_ns)
+    assert ensure_mds(files, KEYS, table_dir, v0) == first
+    assert (os.stat(index).st_ino, os.stat(index).st_mtime_ns) == stamp  # reused, not rewritten
+
+    v1, files = commit(range(40, 60), "append")
+    second = ensure_mds(files, KEYS, table_dir, v1)
+    assert second.endswith(f"v{v1}") and rows(second) == [i for i in range(60) if i % 4]
+    assert os.listdir(table_dir) == [f"v{v1}"]  # the older version and the crashed scratch are gone
 
 
 def test_train_refuses_triplets_built_from_other_features(spark, pipeline):
@@ -310,7 +402,7 @@ def _tiny_plan(tmp_path, use_gpu: str, loader: str) -> TrainPlan:
     return TrainPlan(
         training=training,
         spec=ModelSpec({"vis": 4}, hidden=[8], embedding_dim=4, dropout=0.5),
-        train_files=[path],
+        train_files=_source([path], loader, tmp_path, []),
         train_rows=rows,
         checkpoint_path="",
         resume=False,

@@ -7,8 +7,10 @@ the row groups (disjoint, together all of them), so across ranks every row is re
 epoch: `petastorm` with Petastorm's batch reader (`cur_shard=rank`, `shard_count=world`; the card's
 15.4 stack), `arrow` with pyarrow alone (row groups dealt round robin; the Spark 4 stack, which has no
 Petastorm). Either way each row group is turned into numpy column by column (no per-row Python), and
-batches are re-cut to `batch_size` through one shuffle buffer with one copy per batch. In ids-only mode
-the vectors are looked up from an in-memory feature table.
+batches are re-cut to `batch_size` through one shuffle buffer with one copy per batch. `streaming` reads
+the MDS shards the driver wrote from those files once per triplets version (`cdml_spark.training.mds`;
+Mosaic's shuffle, every `world`-th sample per rank; the spark4 stack). In ids-only mode the vectors are
+looked up from an in-memory feature table.
 """
 
 from __future__ import annotations
@@ -30,15 +32,20 @@ from cdml_spark.errors import DeletedRowsInFiles, UnknownVideoKey
 __all__ = ["ROLES", "FeatureTable", "Loader", "iterate_batches", "parquet_rows", "snapshot_files"]
 
 ROLES = ("anchor", "positive", "negative")
-Loader = Literal["petastorm", "arrow"]  # `training.loader`
+Loader = Literal["petastorm", "arrow", "streaming"]  # `training.loader`
 
 
 def snapshot_files(
-    spark: SparkSession, path: str, split: str | None = None, table: str | None = None
+    spark: SparkSession,
+    path: str,
+    split: str | None = None,
+    table: str | None = None,
+    version: int | None = None,
 ) -> list[str]:
-    """Parquet files of a Delta table's current version (only its `split` partition, if given).
-    Raises `DeletedRowsInFiles` if they hold rows the snapshot deleted (`table` names it there)."""
-    snapshot = spark.read.format("delta").load(path)
+    """Parquet files of a Delta table's current version, or of `version` (only its `split` partition,
+    if given). Raises `DeletedRowsInFiles` if they hold rows the snapshot deleted (`table` names it there)."""
+    reader = spark.read.format("delta")
+    snapshot = (reader if version is None else reader.option("versionAsOf", version)).load(path)
     if split:
         snapshot = snapshot.where(F.col("split") == split)
     files = sorted(snapshot.inputFiles())
@@ -147,20 +154,31 @@ def iterate_batches(
     workers: int = 2,
     features: FeatureTable | None = None,
     loader: Loader = "petastorm",
+    start: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches {"<role>_key": int64[B], "<role>_<modality>": float32[B, d]} of this rank's shard: row
     groups in a `seed`-shuffled order (with `petastorm`, arriving in that order only with `workers=1`:
     reader threads may reorder them; `arrow` keeps the order with any `workers`), their rows shuffled
-    through a buffer of `shuffle_batches` batches (a batch lists its rows in buffer order)."""
+    through a buffer of `shuffle_batches` batches (a batch lists its rows in buffer order). With
+    `streaming`, `files` is the one MDS directory `mds.ensure_mds` wrote from the snapshot's files, and
+    batches follow Mosaic's `seed`-shuffled order from this rank's `start`-th row (mid-epoch resume)."""
     if not files:
+        return
+    keys = [f"{r}_key" for r in ROLES]
+    columns = keys + ([] if features is not None else [f"{r}_{m}" for r in ROLES for m in modalities])
+    if start and loader != "streaming":
+        raise ValueError(f"start={start}: only the streaming loader resumes mid-epoch")
+    if loader == "streaming":
+        from cdml_spark.training.mds import mds_batches
+
+        for batch in mds_batches(files[0], columns, batch_size, rank, world, seed, start):
+            yield _with_vectors(batch, features)
         return
     groups = _row_groups(files)
     if groups < world:
         raise ValueError(
             f"{groups} row groups cannot be sharded over {world} processes: write more triplet files"
         )
-    keys = [f"{r}_key" for r in ROLES]
-    columns = keys + ([] if features is not None else [f"{r}_{m}" for r in ROLES for m in modalities])
     read = _arrow_chunks if loader == "arrow" else _petastorm_chunks
     rng = np.random.default_rng([seed, rank])
     chunks: list[dict[str, np.ndarray]] = []
@@ -171,13 +189,8 @@ def iterate_batches(
         nonlocal chunks, buffered
         order = rng.permutation(buffered)
         cut = buffered if final else buffered - buffered % batch_size
-        for start in range(0, cut, batch_size):
-            batch = _gather(chunks, np.sort(order[start : start + batch_size]))
-            if features is not None:
-                for role in ROLES:
-                    for name, matrix in features.lookup(batch[f"{role}_key"]).items():
-                        batch[f"{role}_{name}"] = matrix
-            yield batch
+        for lo in range(0, cut, batch_size):
+            yield _with_vectors(_gather(chunks, np.sort(order[lo : lo + batch_size])), features)
         chunks = [_gather(chunks, np.sort(order[cut:]))]
         buffered -= cut
 
@@ -188,6 +201,15 @@ def iterate_batches(
             yield from drain(final=False)
     if buffered:
         yield from drain(final=True)
+
+
+def _with_vectors(batch: dict[str, np.ndarray], features: FeatureTable | None) -> dict[str, np.ndarray]:
+    """The batch with each role's vectors looked up by key (ids-only triplets), else as it is."""
+    if features is not None:
+        for role in ROLES:
+            for name, matrix in features.lookup(batch[f"{role}_key"]).items():
+                batch[f"{role}_{name}"] = matrix
+    return batch
 
 
 def _petastorm_chunks(

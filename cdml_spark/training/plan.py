@@ -30,7 +30,7 @@ class TrainPlan:
 
     training: TrainingConfig  # hyper-parameters, epochs/patience, seed, reader settings, validation_k
     spec: ModelSpec  # the network (modality dims from the features config)
-    train_files: list[str]  # parquet files of the triplets snapshot's train split
+    train_files: list[str]  # parquet files of the triplets snapshot's train split (streaming: its MDS dir)
     train_rows: int  # rows in `train_files`: the triplets of one epoch
     checkpoint_path: str  # absolute <checkpoint_dir>/last.pt
     resume: bool

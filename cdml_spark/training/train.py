@@ -24,14 +24,15 @@ from cdml_spark.training.inputs import (
     training_catalog,
     validation_queries,
 )
-from cdml_spark.training.loader import parquet_rows, snapshot_files
+from cdml_spark.training.loader import ROLES, parquet_rows, snapshot_files
+from cdml_spark.training.mds import ensure_mds
 from cdml_spark.training.mining import ForbiddenPairs
 from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 from cdml_spark.training.plan import TrainPlan, ValidationSet
 from cdml_spark.training.report import log_training_run, plot_history
 from cdml_spark.training.worker import load_checkpoint, train_worker
 
-__all__ = ["train"]
+__all__ = ["streaming_shards", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,20 @@ def _launch(plan: TrainPlan, use_gpu: bool) -> list[dict]:
 
     distributor = TorchDistributor(num_processes=tc.num_processes, local_mode=tc.local_mode, use_gpu=use_gpu)
     return [distributor.run(train_worker, plan)]
+
+
+def streaming_shards(
+    store: TableStore, cfg: AppConfig, files: list[str], version: int, materialized: bool
+) -> str:
+    """The MDS copy of `files` (the train split of `triplets` v`version`) that `training.loader=streaming`
+    reads: `<training.streaming_dir, default <storage.cache_dir>/mds>/triplets-<Delta table id>/v<version>`,
+    written by the first run on that version (`mds.ensure_mds`)."""
+    table = triplets_spec(cfg.features.modalities, materialize=True)
+    names = [m.name for m in cfg.features.modalities] if materialized else []
+    columns = [f"{role}_{c}" for role in ROLES for c in ["key", *names]]
+    table_id = store.delta_table(table).detail().first()["id"]
+    root = cfg.training.streaming_dir or os.path.join(cfg.storage.cache_dir, "mds")
+    return ensure_mds(files, columns, os.path.join(root, f"{table.name}-{table_id}"), version)
 
 
 def train(
@@ -75,14 +90,18 @@ def train(
         )
     materialized = all(f"anchor_{m.name}" in columns for m in modalities)
     check_inputs(store, table, cfg)
-    lineage = Lineage.new("train", {"training": tc.model_dump(), "triplets": store.version(table)}, run_id)
+    version = store.version(table)  # the snapshot this run reads (its files, its MDS shards)
+    lineage = Lineage.new("train", {"training": tc.model_dump(), "triplets": version}, run_id)
     model_version = tc.model_version or f"cdml-{tc.fusion}-{lineage.run_id}"
     catalog, splits = training_catalog(store, cfg)
     edges = cowatch_keys(store)
     queries, relevant = validation_queries(catalog, splits, edges)
     if len(queries) == 0:
         raise ValueError("no validation video has a co-watch neighbour: raise triplets.validation_fraction")
-    train_files = snapshot_files(spark, location, "train", store.qualified(table))
+    train_files = snapshot_files(spark, location, "train", store.qualified(table), version)
+    train_rows = parquet_rows(train_files)
+    if tc.loader == "streaming":  # the ranks read the MDS copy of these files
+        train_files = [streaming_shards(store, cfg, train_files, version, materialized)]
     plan = TrainPlan(
         training=tc,
         spec=ModelSpec(
@@ -93,7 +112,7 @@ def train(
             dropout=tc.dropout,
         ),
         train_files=train_files,
-        train_rows=parquet_rows(train_files),
+        train_rows=train_rows,
         checkpoint_path=os.path.abspath(os.path.join(tc.checkpoint_dir, "last.pt")),
         resume=resume,
         catalog=catalog,
@@ -109,7 +128,7 @@ def train(
         model_version,
         backend,
         tc.loader,
-        store.version(table),
+        version,
         len(plan.train_files),
         "materialised" if materialized else "ids only",
         len(queries),
@@ -134,7 +153,7 @@ def train(
         "model_version": model_version,
         "run_id": lineage.run_id,
         "params_hash": lineage.params_hash,
-        "triplets_version": store.version(table),
+        "triplets_version": version,
         "history": result["history"],
         "best_epoch": result["best_epoch"],
         "val_ndcg_untrained": result["val_ndcg_untrained"],
