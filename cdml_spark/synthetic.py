@@ -31,6 +31,7 @@ __all__ = ["generate_events", "synthetic_features", "video_topic"]
 
 _EVENT_SCHEMA = "user_id string, video_id string, event_ts timestamp, watch_seconds double"
 _BATCH_USERS = 20_000
+_NOISE_BLOCK = 4096
 
 
 def video_topic(video_index: np.ndarray | int, num_topics: int) -> np.ndarray | int:
@@ -100,9 +101,22 @@ def generate_events(spark: SparkSession, cfg: SyntheticConfig) -> DataFrame:
     return blocks.mapInPandas(generate, _EVENT_SCHEMA)
 
 
+def _standard_normal_rows(ids: np.ndarray, dim: int, seed: list[int]) -> np.ndarray:
+    """[len(ids), dim] N(0, 1) rows, row i a function of (seed, ids[i]) only — never of how Spark
+    batched the ids: drawn per block of `_NOISE_BLOCK` consecutive ids."""
+    out = np.empty((len(ids), dim))
+    blocks = ids // _NOISE_BLOCK
+    for block in np.unique(blocks):
+        rows = blocks == block
+        draws = np.random.default_rng([*seed, int(block)]).standard_normal((_NOISE_BLOCK, dim))
+        out[rows] = draws[ids[rows] % _NOISE_BLOCK]
+    return out
+
+
 def synthetic_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
     """One row per synthetic video `v<i>`: per modality, its topic centre (N(0,1), fixed by seed and
-    modality) plus N(0, noise²) per video. Noise 0 = content determines topic exactly."""
+    modality) plus N(0, noise²) per video. Noise 0 = content determines topic exactly. Same seeds →
+    same vectors, whatever the partitioning or the session's Arrow batch size."""
     syn, feat = cfg.events.synthetic, cfg.features
     k = syn.num_topics
     centres = {
@@ -115,12 +129,10 @@ def synthetic_features(spark: SparkSession, cfg: AppConfig) -> DataFrame:
             ids = batch["id"].to_numpy()
             if len(ids) == 0:
                 continue
-            rng = np.random.default_rng([feat.synthetic.seed, int(ids[0]), len(ids)])
             out = {"video_id": "v" + pd.Series(ids).astype(str)}
-            for m in feat.modalities:
-                vectors = centres[m.name][ids % k] + feat.synthetic.noise * rng.standard_normal(
-                    (len(ids), m.dim)
-                )
+            for i, m in enumerate(feat.modalities):
+                noise = _standard_normal_rows(ids, m.dim, [feat.synthetic.seed, i])
+                vectors = centres[m.name][ids % k] + feat.synthetic.noise * noise
                 out[m.name] = list(vectors.astype(np.float32))
             yield pd.DataFrame(out)
 

@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 from cdml_spark.errors import InputSchemaError, RefusedWrite
 from cdml_spark.features.ingest import FeatureSource, ingest_features, validate_features, write_features
 from cdml_spark.serving.embed import embed_catalog
+from cdml_spark.synthetic import synthetic_features
 from cdml_spark.tables import VIDEO_FEATURES_QUARANTINE, TableStore, video_features_spec
 from cdml_spark.training.model import CDMLNet, ModelSpec, save_model
 
@@ -193,6 +194,20 @@ def test_synthetic_features_follow_topics(spark, cfg_factory):
     same = np.mean([vis["v0"] @ vis[f"v{i}"] for i in range(3, 60, 3)])
     other = np.mean([vis["v0"] @ vis[f"v{i}"] for i in range(1, 60, 3)])
     assert same > other + 0.3
+    # the same vectors from 3 partitions in Arrow batches of 7 rows: nothing depends on the batching
+    syn = cfg.events.synthetic.model_copy(update={"partitions": 3})
+    regrouped = cfg.model_copy(update={"events": cfg.events.model_copy(update={"synthetic": syn})})
+    batch_conf = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(batch_conf)
+    spark.conf.set(batch_conf, "7")
+    try:
+        again = synthetic_features(spark, regrouped).toPandas()
+    finally:
+        spark.conf.set(batch_conf, before)
+    first = synthetic_features(spark, cfg).toPandas()
+    assert {v: list(x) for v, x in zip(again["video_id"], again["vis"], strict=True)} == {
+        v: list(x) for v, x in zip(first["video_id"], first["vis"], strict=True)
+    }
 
 
 def test_movielens_100k_features(spark, cfg_factory):

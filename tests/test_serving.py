@@ -74,7 +74,10 @@ def test_blocked_top_k_equals_brute_force(spark, tmp_path):
         [(f"q{i}", q.tolist(), e) for i, (q, e) in enumerate(zip(queries, exclude, strict=True))],
         "query_id string, vector array<float>, exclude array<string>",
     )
-    got = blocked_top_k(spark, frame.repartition(2), files, 6, 4).toPandas()
+    batch_conf = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(batch_conf)
+    got = blocked_top_k(frame.repartition(2), files, 6, 4).toPandas()
+    assert spark.conf.get(batch_conf) == before  # the session's settings stay as they were
     for i, query in enumerate(queries):
         mine = got[got["query_id"] == f"q{i}"].sort_values("rank")
         exp_ids, exp_scores = numpy_top_k(matrix, ids, query, 6, set(exclude[i] or ()))

@@ -104,7 +104,7 @@ def neighbor_search(
         F.col("embedding").alias("vector"),
         F.array("video_id").alias("exclude"),
     )
-    return blocked_top_k(spark, queries, files, cfg.neighbors.k, cfg.neighbors.block_size), None
+    return blocked_top_k(queries, files, cfg.neighbors.k, cfg.neighbors.block_size), None
 
 
 def build_neighbors(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> dict:

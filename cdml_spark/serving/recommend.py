@@ -56,7 +56,7 @@ def recommend(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) ->
     )
     queries = _user_queries(store.read(WATCH_EVENTS), embeddings, cfg.recommend.history)
     files = snapshot_files(spark, store.location(VIDEO_EMBEDDINGS), table=store.qualified(VIDEO_EMBEDDINGS))
-    result = blocked_top_k(spark, queries, files, cfg.recommend.k, cfg.neighbors.block_size)
+    result = blocked_top_k(queries, files, cfg.recommend.k, cfg.neighbors.block_size)
     rows = result.select(
         F.col("query_id").alias("user_id"), F.col("neighbor_id").alias("video_id"), "rank", "score"
     ).withColumn("model_version", F.lit(version))

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 
 if TYPE_CHECKING:
     import faiss
@@ -152,20 +152,20 @@ def result_batch(
     )
 
 
-def blocked_top_k(
-    spark: SparkSession, queries: DataFrame, candidate_files: list[str], k: int, block_size: int
-) -> DataFrame:
+def blocked_top_k(queries: DataFrame, candidate_files: list[str], k: int, block_size: int) -> DataFrame:
     """queries (query_id, vector array<float>, exclude array<string>) → RESULT_SCHEMA rows, exact,
-    against the `video_embeddings` rows in `candidate_files`."""
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(block_size))
+    against the `video_embeddings` rows in `candidate_files`. Each Arrow batch is searched `block_size`
+    queries at a time (score block = block_size²), whatever the session's Arrow batch size."""
     files = tuple(candidate_files)
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            ids, matrix = candidate_matrix(files)
-            excluded = excluded_positions(batch.column("exclude"), ids)
-            positions, scores = exact_top_k(vectors(batch.column("vector")), excluded, matrix, k, block_size)
-            yield result_batch(batch.column("query_id"), ids, positions, scores)
+        for whole in batches:
+            for start in range(0, whole.num_rows, block_size):
+                batch = whole.slice(start, block_size)
+                ids, matrix = candidate_matrix(files)
+                excluded = excluded_positions(batch.column("exclude"), ids)
+                found = exact_top_k(vectors(batch.column("vector")), excluded, matrix, k, block_size)
+                yield result_batch(batch.column("query_id"), ids, *found)
 
     return queries.mapInArrow(task, RESULT_SCHEMA)
 
