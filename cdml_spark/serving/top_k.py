@@ -160,9 +160,9 @@ def blocked_top_k(queries: DataFrame, candidate_files: list[str], k: int, block_
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for whole in batches:
+            ids, matrix = candidate_matrix(files)  # read once per process, only where there are queries
             for start in range(0, whole.num_rows, block_size):
                 batch = whole.slice(start, block_size)
-                ids, matrix = candidate_matrix(files)
                 excluded = excluded_positions(batch.column("exclude"), ids)
                 found = exact_top_k(vectors(batch.column("vector")), excluded, matrix, k, block_size)
                 yield result_batch(batch.column("query_id"), ids, *found)
