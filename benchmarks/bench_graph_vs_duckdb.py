@@ -22,6 +22,7 @@ import shutil
 import time
 
 import duckdb
+from pyspark.sql import functions as F
 
 from cdml_spark.cli import setup_logging
 from cdml_spark.config import GraphConfig, load_config
@@ -44,13 +45,15 @@ WORKLOAD = [
 # below min_users before pairing is the same a-priori step ours takes. The self-joins are on the user
 # with the window as a filter; joining on (user, day + d) for d <= lookback instead gave identical
 # edges but was slower at 10⁷ events (84.7 s against 56.7 s, separate runs), and neither version
-# finished 10⁸ events on 2 cores / 24 GiB (README "Benchmarks").
+# finished 10⁸ events on 2 cores / 24 GiB (README "Benchmarks"). Equal watch times are broken by the
+# video's key, Spark's xxhash64(video_id), which DuckDB lacks: `keys` holds it per video (from Spark).
 GRAPH_SQL = """
 CREATE TEMP TABLE kept AS
 SELECT user_id, video_id, day, ts_us FROM (
-    SELECT *, row_number() OVER (PARTITION BY user_id, day ORDER BY ts_us DESC, video_id) AS n
+    SELECT *, row_number() OVER (PARTITION BY user_id, day ORDER BY ts_us DESC, key) AS n
     FROM (SELECT user_id, video_id, ts_us // {day_us} AS day, max(ts_us) AS ts_us
           FROM (SELECT user_id, video_id, epoch_us(event_ts) AS ts_us FROM events) GROUP BY ALL)
+    JOIN keys USING (video_id)
 ) WHERE n <= {max_history};
 CREATE TEMP TABLE users AS
 WITH firsts AS (SELECT user_id, day, min(ts_us) AS first_us FROM kept GROUP BY ALL)
@@ -94,8 +97,11 @@ COPY (
 """
 
 
-def duckdb_graph(files: list[str], params: GraphConfig, out: str, threads: int, memory: str) -> float:
-    """Seconds DuckDB takes from the parquet files to the two parquet outputs."""
+def duckdb_graph(
+    files: list[str], keys: str, params: GraphConfig, out: str, threads: int, memory: str
+) -> float:
+    """Seconds DuckDB takes from the events' parquet files (and the `keys` parquet: video_id, key) to
+    the two parquet outputs."""
     os.makedirs(out, exist_ok=True)
     config = {
         "threads": threads,
@@ -107,6 +113,7 @@ def duckdb_graph(files: list[str], params: GraphConfig, out: str, threads: int, 
     paths = ", ".join(f"'{f.removeprefix('file:')}'" for f in files)
     started = time.time()
     con.execute(f"CREATE VIEW events AS SELECT user_id, video_id, event_ts FROM read_parquet([{paths}])")
+    con.execute(f"CREATE VIEW keys AS SELECT video_id, key FROM read_parquet('{keys}')")
     con.execute(
         GRAPH_SQL.format(
             max_history=params.max_history,
@@ -184,7 +191,10 @@ def main() -> None:
             ours = build_graph(spark, cfg).seconds
         files = snapshot_files(spark, store.location(WATCH_EVENTS), table=store.qualified(WATCH_EVENTS))
         out = os.path.join(args.tables, "duckdb")
-        theirs = duckdb_graph(files, cfg.graph, out, args.threads, args.duckdb_memory)
+        keys = os.path.join(args.tables, "video_keys.parquet")
+        videos = store.read(WATCH_EVENTS).select("video_id", F.xxhash64("video_id").alias("key"))
+        videos.distinct().toPandas().to_parquet(keys)
+        theirs = duckdb_graph(files, keys, cfg.graph, out, args.threads, args.duckdb_memory)
         edge_files = snapshot_files(
             spark, store.location(COWATCH_EDGES), table=store.qualified(COWATCH_EDGES)
         )

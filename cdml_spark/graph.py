@@ -2,7 +2,7 @@
 
 Definition (mirrored by the brute-force reference in tests):
 1. Per (user, day, video) keep the latest watch that day; per (user, day) keep the `max_history`
-   most recent distinct videos (ties: smaller video_id first). A heavy day cannot skew a task.
+   most recent distinct videos (ties: smaller video key first). A heavy day cannot skew a task.
 2. A user co-watches videos i ≠ j on day d when a kept watch of i and a kept watch of j are at most
    `cowatch_window_hours` apart and the later of the two is on day d (a pair across midnight
    belongs to the later watch's day). c_ij = number of (user, day) that co-watch i and j.
@@ -23,8 +23,10 @@ keeps them per day and computes only new or changed days, and gives the same edg
 recompute (`graph.mode=full`, this module). A user who comes back to a pair on several days counts
 once per day: repeated co-watching is stronger evidence than a single session.
 
-How it runs: events are shuffled once, by user; each task then holds whole users, and steps 1–3
-run there on Arrow/numpy columns (`mapInArrow`), never as a self-join. In full mode videos that
+Videos are 64-bit keys (`xxhash64(video_id)`, stable across runs) from the first projection on, so
+no shuffle carries a video id string; `video_keys` is the dictionary back to ids (collisions are
+refused). How it runs: events are shuffled once, by user; each task then holds whole users, and
+steps 1–3 run there on Arrow/numpy columns (`mapInArrow`), never as a self-join. In full mode videos that
 cannot reach `min_users` are dropped before pairing; pairs are generated only inside the window
 (time-sorted rows, increasing offsets until none is inside) and counted per task; a second shuffle
 (by pair code) brings each pair's counts together and numpy sums them.
@@ -47,7 +49,7 @@ from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig, GraphConfig
 from cdml_spark.errors import VideoKeyCollision
-from cdml_spark.tables import COWATCH_EDGES, VIDEO_STATS, WATCH_EVENTS, Lineage, TableStore
+from cdml_spark.tables import COWATCH_EDGES, VIDEO_KEYS, VIDEO_STATS, WATCH_EVENTS, Lineage, TableStore
 
 __all__ = [
     "DayRange",
@@ -57,7 +59,9 @@ __all__ = [
     "graph_edges",
     "history",
     "pair_counts",
-    "video_keys",
+    "sorted_keys",
+    "video_dictionary",
+    "video_key",
     "with_ids",
 ]
 
@@ -66,7 +70,7 @@ log = logging.getLogger(__name__)
 DAY_US = 86_400_000_000
 EPOCH = date(1970, 1, 1)
 _FAR = 1_000_000  # days: an unbounded side of the window (year ±2700, no overflow in micros)
-_HISTORY_SCHEMA = "user_id string, video_id string, day int, ts_us long, kept boolean"
+_HISTORY_SCHEMA = "user int, key long, day int, ts_us long, kept boolean"
 _PAIR_SCHEMA = "day int, pair long, users long"
 _SUM_SCHEMA = "day int, key_a long, key_b long, cowatch_user_days long"
 
@@ -141,10 +145,9 @@ def _table(batches: Iterator[pa.RecordBatch]) -> pa.Table | None:
     return pa.Table.from_batches(batches) if batches and sum(b.num_rows for b in batches) else None
 
 
-def _codes(values: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """(codes, names): each row's value as an int code into `names` (sorting ints beats strings)."""
-    encoded = pc.dictionary_encode(values).combine_chunks()
-    return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary
+def _codes(values: pa.ChunkedArray) -> np.ndarray:
+    """Each row's value as an int code, equal codes for equal values (sorting ints beats strings)."""
+    return pc.dictionary_encode(values).combine_chunks().indices.to_numpy().astype(np.int64)
 
 
 def group_sum(
@@ -181,22 +184,21 @@ def _user_day(user: np.ndarray, day: np.ndarray) -> np.ndarray:
 def _history_in_task(
     batches: Iterator[pa.RecordBatch], max_history: int, window: int
 ) -> Iterator[pa.RecordBatch]:
-    """One task's events (whole users; user_id, video_id, ts_us) → the exposed (user, day, video)
-    rows: `kept` ones (step 1; ts_us = that day's latest watch) and carried exposures (step 3)."""
+    """One task's events (whole users; user_id, key, ts_us) → the exposed (user, day, video) rows:
+    `kept` ones (step 1; ts_us = that day's latest watch) and carried exposures (step 3). `user` is
+    the user's number within the task (the later steps run on the same tasks), `key` the video's."""
     events = _table(batches)
     if events is None:
         return
-    user, user_names = _codes(events["user_id"])
-    video, video_names = _codes(events["video_id"])
-    name_rank = np.empty(len(video_names), np.int64)
-    name_rank[pc.sort_indices(video_names).to_numpy()] = np.arange(len(video_names))
+    user = _codes(events["user_id"])
+    video = events["key"].to_numpy()
     ts = events["ts_us"].to_numpy()
     day = np.floor_divide(ts, DAY_US)
     order = np.lexsort((-ts, video, day, user))  # per (user, day, video): latest watch first
     user, day, video, ts = user[order], day[order], video[order], ts[order]
     latest = np.r_[True, (user[1:] != user[:-1]) | (day[1:] != day[:-1]) | (video[1:] != video[:-1])]
     user, day, video, ts = user[latest], day[latest], video[latest], ts[latest]
-    order = np.lexsort((name_rank[video], -ts, day, user))  # per (user, day): most recent first
+    order = np.lexsort((video, -ts, day, user))  # per (user, day): most recent first
     user, day, video, ts = user[order], day[order], video[order], ts[order]
     position = np.arange(len(user))
     group_start = np.r_[True, (user[1:] != user[:-1]) | (day[1:] != day[:-1])]
@@ -205,8 +207,8 @@ def _history_in_task(
     c_user, c_day, c_video = _carried(user, day, video, ts, window)
     out = pa.table(
         {
-            "user_id": user_names.take(pa.array(np.r_[user, c_user])),
-            "video_id": video_names.take(pa.array(np.r_[video, c_video])),
+            "user": np.r_[user, c_user].astype(np.int32),
+            "key": np.r_[video, c_video],
             "day": np.r_[day, c_day].astype(np.int32),
             "ts_us": np.r_[ts, np.zeros(len(c_user), np.int64)],
             "kept": np.arange(len(user) + len(c_user)) < len(user),
@@ -238,7 +240,7 @@ def _carried(
 def _pairs_in_task(
     batches: Iterator[pa.RecordBatch], keys: np.ndarray, window: int
 ) -> Iterator[pa.RecordBatch]:
-    """One task's kept rows (whole users; user_id, key, ts_us) → per (day, pair) the users who
+    """One task's kept rows (whole users; user, key, ts_us) → per (day, pair) the users who
     co-watch the pair that day (step 2), for pairs of videos both in `keys` (sorted). A pair is
     coded as position(a) · len(keys) + position(b) with a < b in key order; its day is the later
     watch's."""
@@ -248,7 +250,7 @@ def _pairs_in_task(
     rows = rows.filter(pc.is_in(rows["key"], value_set=pa.array(keys)))
     if rows.num_rows < 2:
         return
-    user = _codes(rows["user_id"])[0]
+    user = rows["user"].to_numpy()
     ts = rows["ts_us"].to_numpy()
     order = np.lexsort((ts, user))
     user, ts = user[order], ts[order]
@@ -295,21 +297,38 @@ def _sum_pairs_in_task(
 
 
 def history(events: DataFrame, params: GraphConfig, partitions: int) -> DataFrame:
-    """user_id, video_id, day, ts_us, kept: the exposed (user, day, video) rows (steps 1 and 3) of
-    `events`, each task holding whole users."""
-    micros = events.select("user_id", "video_id", F.unix_micros("event_ts").alias("ts_us"))
+    """user, key, day, ts_us, kept: the exposed (user, day, video) rows (steps 1 and 3) of `events`,
+    each task holding whole users (`user` numbers them within the task)."""
+    micros = events.select("user_id", video_key(), F.unix_micros("event_ts").alias("ts_us"))
     window = window_us(params)
     return micros.repartition(partitions, "user_id").mapInArrow(
         lambda batches: _history_in_task(batches, params.max_history, window), _HISTORY_SCHEMA
     )
 
 
-def video_keys(videos: DataFrame) -> np.ndarray:
-    """The sorted 64-bit keys (xxhash64) of `videos` (column `key`); refuses a collision."""
-    keys = np.array(sorted(r["key"] for r in videos.select("key").distinct().collect()), dtype=np.int64)
-    distinct_ids = videos.select("video_id").distinct().count()
-    if distinct_ids != len(keys):
-        raise VideoKeyCollision(f"{distinct_ids:,} video ids map to {len(keys):,} hash keys")
+def video_key() -> Column:
+    """`key`: the 64-bit key of `video_id` (Spark's xxhash64, seed 42: the same on every run)."""
+    return F.xxhash64("video_id").alias("key")
+
+
+def video_dictionary(events: DataFrame) -> DataFrame:
+    """video_id, key of the videos in `events`; refuses two ids with one key (`VideoKeyCollision`)."""
+    videos = events.select("video_id", video_key()).distinct().persist()
+    ids, keys = videos.agg(F.count(F.lit(1)), F.countDistinct("key")).first()
+    if ids != keys:
+        collided = (
+            videos.groupBy("key")
+            .agg(F.sort_array(F.collect_set("video_id")).alias("ids"))
+            .where("size(ids) > 1")
+        ).first()
+        videos.unpersist()
+        raise VideoKeyCollision(f"{ids:,} video ids map to {keys:,} hash keys, e.g. {collided['ids']}")
+    return videos
+
+
+def sorted_keys(videos: DataFrame) -> np.ndarray:
+    """The sorted keys (column `key`) of `videos`, for pair codes."""
+    keys = np.array(sorted(r["key"] for r in videos.select("key").collect()), dtype=np.int64)
     if len(keys) ** 2 >= 2**63:
         raise ValueError(f"{len(keys):,} videos: pair codes would overflow 64 bits")
     return keys
@@ -324,7 +343,7 @@ def pair_counts(
     shared = rows.sparkSession.sparkContext.broadcast(keys)
     window = window_us(params)
     min_users = 1 if by_day else params.min_users
-    kept = rows.where("kept").select("user_id", F.xxhash64("video_id").alias("key"), "ts_us")
+    kept = rows.where("kept").select("user", "key", "ts_us")
     return (
         kept.mapInArrow(lambda batches: _pairs_in_task(batches, shared.value, window), _PAIR_SCHEMA)
         .where(counted)
@@ -334,10 +353,10 @@ def pair_counts(
 
 
 def exposures(rows: DataFrame, counted: Column, by_day: bool) -> DataFrame:
-    """video_id, (day,) user_days: c_i (step 3) from `history` rows, per day or over the counted days."""
+    """key, (day,) user_days: c_i (step 3) from `history` rows, per day or over the counted days."""
     return (
         rows.where(counted)
-        .groupBy("video_id", *(["day"] if by_day else []))
+        .groupBy("key", *(["day"] if by_day else []))
         .agg(F.count(F.lit(1)).alias("user_days"))
     )
 
@@ -365,18 +384,17 @@ def latest_event_day(events: DataFrame) -> int | None:
 def _window_counts(
     events: DataFrame, params: GraphConfig, days: DayRange
 ) -> tuple[DataFrame, DataFrame, list]:
-    """Full mode: (pairs: video_a, video_b, cowatch_user_days with ≥ min_users; user_days: video_id,
-    user_days; the cached frames) over the window `days`."""
+    """Full mode: (pairs: video_a, video_b, cowatch_user_days with ≥ min_users; user_days: key,
+    video_id, user_days; the cached frames) over the window `days`."""
     events = days.events(events)
     partitions = per_user_partitions(events.sparkSession, events, params)
+    dictionary = video_dictionary(events)
     rows = history(events, params, partitions).persist()
     counted = F.col("day").between(days.first, days.last)
-    user_days = exposures(rows, counted, by_day=False).persist()
-    videos = user_days.where(F.col("user_days") >= params.min_users).select(
-        "video_id", F.xxhash64("video_id").alias("key")
-    )
-    pairs = pair_counts(rows, video_keys(videos), params, partitions, counted, by_day=False)
-    return with_ids(pairs, videos).persist(), user_days, [rows, user_days]
+    user_days = exposures(rows, counted, by_day=False).join(dictionary, "key").persist()
+    videos = user_days.where(F.col("user_days") >= params.min_users)
+    pairs = pair_counts(rows, sorted_keys(videos), params, partitions, counted, by_day=False)
+    return with_ids(pairs, videos).persist(), user_days, [rows, user_days, dictionary]
 
 
 def graph_edges(events: DataFrame, params: GraphConfig) -> DataFrame:
@@ -429,6 +447,26 @@ def _video_stats(counted_events: DataFrame, user_days: DataFrame, edges: DataFra
     )
 
 
+def record_video_keys(store: TableStore, videos: DataFrame, lineage: Lineage) -> int:
+    """Add the (key, video_id) rows of `videos` that `video_keys` lacks (one MERGE; nothing when none
+    is new); refuses a key that `video_keys` holds for another id. Returns the rows added."""
+    if not store.exists(VIDEO_KEYS):
+        return store.write(VIDEO_KEYS, videos, lineage)
+    held = store.read(VIDEO_KEYS).select("key", F.col("video_id").alias("held_id"))
+    known = videos.join(held, "key", "left").persist()
+    try:
+        clash = known.where(F.col("held_id").isNotNull() & (F.col("held_id") != F.col("video_id"))).first()
+        if clash:
+            raise VideoKeyCollision(
+                f"{clash['video_id']!r} has the key {clash['key']} that video_keys holds for {clash['held_id']!r}"
+            )
+        return store.upsert(
+            VIDEO_KEYS, known.where(F.col("held_id").isNull()).drop("held_id"), lineage, ["key"]
+        )
+    finally:
+        known.unpersist()
+
+
 def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) -> GraphReport:
     """Job entry: replace `cowatch_edges` and `video_stats` with the graph of the current
     `watch_events` over the window (`graph.mode`: full recompute, or per-day counts kept up to date)."""
@@ -457,6 +495,7 @@ def build_graph(spark: SparkSession, cfg: AppConfig, run_id: str | None = None) 
         pairs, user_days, cached = daily_window_counts(store, events, params, days, lineage)
     else:
         pairs, user_days, cached = _window_counts(events, params, days)
+    record_video_keys(store, user_days.select("key", "video_id"), lineage)
     store.write(COWATCH_EDGES, _top_neighbors(pairs, user_days, params), lineage)
     pair_count = pairs.count()
     written_edges = store.read(COWATCH_EDGES)

@@ -34,7 +34,8 @@ from cdml_spark.graph import (
     lookback_days,
     pair_counts,
     per_user_partitions,
-    video_keys,
+    sorted_keys,
+    video_dictionary,
     with_ids,
 )
 from cdml_spark.tables import (
@@ -97,32 +98,38 @@ def _compute_days(
     needed = sorted({d - k for d in stale for k in range(lookback + 1)})
     source = events.where(_event_day().isin(needed)) if needed else events.limit(0)
     partitions = per_user_partitions(store.spark, source, params)
+    dictionary = video_dictionary(source)
     rows = history(source, params, partitions).persist()
     counted = F.col("day").isin(stale) if stale else F.lit(False)
-    videos = rows.where("kept").select("video_id", F.xxhash64("video_id").alias("key")).distinct()
-    pairs = pair_counts(rows, video_keys(videos), params, partitions, counted, by_day=True).select(
+    keys = sorted_keys(rows.where("kept").select("key").distinct())
+    pairs = pair_counts(rows, keys, params, partitions, counted, by_day=True).select(
         F.expr("date_from_unix_date(day)").alias("day"),
         "key_a",
         "key_b",
         F.col("cowatch_user_days").alias("cowatch_users"),
     )
-    exposed = exposures(rows, counted, by_day=True).select(
-        F.expr("date_from_unix_date(day)").alias("day"),
-        "video_id",
-        F.xxhash64("video_id").alias("key"),
-        F.col("user_days").alias("exposed_users"),
+    exposed = (
+        exposures(rows, counted, by_day=True)
+        .join(dictionary, "key")
+        .select(
+            F.expr("date_from_unix_date(day)").alias("day"),
+            "video_id",
+            "key",
+            F.col("user_days").alias("exposed_users"),
+        )
     )
     replaced = dates_in("day", [_as_date(d) for d in sorted({*stale, *dropped})])
     store.write(COWATCH_DAILY_PAIRS, pairs, lineage, replace_where=replaced)
     store.write(COWATCH_DAILY_VIDEOS, exposed, lineage, replace_where=replaced)
     rows.unpersist()
+    dictionary.unpersist()
 
 
 def daily_window_counts(
     store: TableStore, events: DataFrame, params: GraphConfig, days: DayRange, lineage: Lineage
 ) -> tuple[DataFrame, DataFrame, list[DataFrame]]:
     """Bring the per-day tables up to date for the window `days`, then (pairs: video_a, video_b,
-    cowatch_user_days with ≥ min_users; user_days: video_id, user_days; the cached frames)."""
+    cowatch_user_days with ≥ min_users; user_days: video_id, key, user_days; the cached frames)."""
     fingerprints = _day_fingerprints(events, days)
     window = sorted(
         {d + k for d in fingerprints for k in range(days.lookback + 1) if days.first <= d + k <= days.last}

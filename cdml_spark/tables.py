@@ -41,6 +41,7 @@ __all__ = [
     "USER_RECOMMENDATIONS",
     "VIDEO_EMBEDDINGS",
     "VIDEO_FEATURES_QUARANTINE",
+    "VIDEO_KEYS",
     "VIDEO_METADATA",
     "VIDEO_NEIGHBORS",
     "VIDEO_SPLITS",
@@ -140,6 +141,16 @@ VIDEO_STATS = TableSpec(
         _field("first_watch", T.TimestampType(), "Earliest watch, UTC", False),
         _field("last_watch", T.TimestampType(), "Latest watch, UTC", False),
         _field("neighbors", T.LongType(), "Rows for this video in cowatch_edges", False),
+    ),
+)
+
+VIDEO_KEYS = TableSpec(
+    "video_keys",
+    "Dictionary of the 64-bit video keys the graph computes with (key_a, key_b, key columns): every "
+    "video a build_graph run has counted, added once and never changed (collisions are refused).",
+    (
+        _field("key", T.LongType(), "xxhash64 of video_id (Spark's; the same on every run)", False),
+        _field("video_id", T.StringType(), "The video", False),
     ),
 )
 
@@ -384,6 +395,7 @@ ALL_TABLE_NAMES = tuple(
         WATCH_EVENTS_QUARANTINE,
         COWATCH_EDGES,
         VIDEO_STATS,
+        VIDEO_KEYS,
         COWATCH_DAILY_PAIRS,
         COWATCH_WINDOW_PAIRS,
         COWATCH_DAILY_VIDEOS,

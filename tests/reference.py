@@ -8,11 +8,63 @@ from datetime import UTC, date, datetime, timedelta
 
 Day = date | None
 
+_P1, _P2, _P3, _P4, _P5 = (
+    0x9E3779B185EBCA87,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0x85EBCA77C2B2AE63,
+    0x27D4EB2F165667C5,
+)
+_M64 = (1 << 64) - 1
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc: int, lane: int) -> int:
+    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
+
+
+def xxhash64(text: str, seed: int = 42) -> int:
+    """XXH64 of the UTF-8 bytes with Spark's seed 42, as a signed long (Spark's `xxhash64`), written
+    from the algorithm's specification."""
+    data = text.encode()
+    n, i = len(data), 0
+    if n >= 32:
+        acc = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while i + 32 <= n:
+            acc = [
+                _round(a, int.from_bytes(data[i + 8 * j : i + 8 * j + 8], "little"))
+                for j, a in enumerate(acc)
+            ]
+            i += 32
+        h = (_rotl(acc[0], 1) + _rotl(acc[1], 7) + _rotl(acc[2], 12) + _rotl(acc[3], 18)) & _M64
+        for a in acc:
+            h = (((h ^ _round(0, a)) * _P1) + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while i + 8 <= n:
+        h = ((_rotl(h ^ _round(0, int.from_bytes(data[i : i + 8], "little")), 27) * _P1) + _P4) & _M64
+        i += 8
+    if i + 4 <= n:
+        h = ((_rotl(h ^ (int.from_bytes(data[i : i + 4], "little") * _P1 & _M64), 23) * _P2) + _P3) & _M64
+        i += 4
+    while i < n:
+        h = (_rotl(h ^ (data[i] * _P5 & _M64), 11) * _P1) & _M64
+        i += 1
+    h = ((h ^ (h >> 33)) * _P2) & _M64
+    h = ((h ^ (h >> 29)) * _P3) & _M64
+    h ^= h >> 32
+    return h - (1 << 64) if h >= 1 << 63 else h
+
 
 def _kept_watches(
     events: list[tuple[str, str, datetime]], max_history: int
 ) -> dict[str, list[tuple[str, datetime]]]:
-    """user -> kept (video, latest watch that day): per (user, UTC day) the max_history most recent."""
+    """user -> kept (video, latest watch that day): per (user, UTC day) the max_history most recent
+    (ties: smaller video key first)."""
     latest: dict[tuple[str, date], dict[str, datetime]] = defaultdict(dict)
     for user, video, ts in events:
         day = ts.astimezone(UTC).date()
@@ -20,7 +72,9 @@ def _kept_watches(
             latest[(user, day)][video] = ts
     kept: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
     for (user, _), watched in latest.items():
-        kept[user] += sorted(watched.items(), key=lambda kv: (-kv[1].timestamp(), kv[0]))[:max_history]
+        kept[user] += sorted(watched.items(), key=lambda kv: (-kv[1].timestamp(), xxhash64(kv[0])))[
+            :max_history
+        ]
     return kept
 
 

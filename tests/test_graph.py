@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
+from cdml_spark.errors import VideoKeyCollision
 from cdml_spark.events import ingest_events
 from cdml_spark.graph import build_graph
 from cdml_spark.tables import (
@@ -15,11 +16,12 @@ from cdml_spark.tables import (
     COWATCH_DAYS,
     COWATCH_EDGES,
     COWATCH_WINDOW_PAIRS,
+    VIDEO_KEYS,
     VIDEO_STATS,
     Lineage,
     TableStore,
 )
-from tests.reference import brute_force_edges, brute_force_stats
+from tests.reference import brute_force_edges, brute_force_stats, xxhash64
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -94,6 +96,30 @@ def test_rerun_is_idempotent_and_stats_consistent(spark, cfg_factory):
         F.coalesce("count", F.lit(0)) != F.col("neighbors")
     )
     assert mismatched.count() == 0
+
+
+def test_video_keys_dictionary_grows_and_refuses_a_collision(spark, cfg_factory):
+    cfg = cfg_factory("graph.min_users=1")
+    events = random_events(5, 15, 8, 150, 24)
+    load_events(spark, cfg, events)
+    build_graph(spark, cfg)
+    store = TableStore(spark, cfg.storage)
+    expected = {(xxhash64(video), video) for _, video, _ in events}  # every video has a kept watch here
+    assert {(r.key, r.video_id) for r in store.read(VIDEO_KEYS).collect()} == expected
+    version = store.version(VIDEO_KEYS)
+    build_graph(spark, cfg)
+    assert store.version(VIDEO_KEYS) == version  # nothing new: no commit
+
+    load_events(spark, cfg, [*events, ("u1", "new video", T0)])
+    build_graph(spark, cfg)
+    assert store.read(VIDEO_KEYS).count() == len(expected) + 1
+
+    impostor = spark.createDataFrame([(xxhash64("v01"), "impostor")], "key long, video_id string")
+    store.upsert(VIDEO_KEYS, impostor, Lineage.new("test", {}), ["key"])  # v01's key, another id
+    edges = store.version(COWATCH_EDGES)
+    with pytest.raises(VideoKeyCollision, match="'v01' has the key .* holds for 'impostor'"):
+        build_graph(spark, cfg)
+    assert store.version(COWATCH_EDGES) == edges  # refused before any graph table changed
 
 
 def test_tables_readable_without_spark(spark, cfg_factory):

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdml_spark.config import AppConfig
-from cdml_spark.serving.top_k import RESULT_SCHEMA, exact_top_k, result_batch, vectors
+from cdml_spark.serving.top_k import RESULT_SCHEMA, exact_top_k, one_thread_per_task, result_batch, vectors
 from cdml_spark.tables import VIDEO_NEIGHBORS, TableStore
 
 __all__ = ["NeighborUpdate", "entering", "hashed", "merged", "plan_update", "search_settings"]
@@ -101,6 +101,7 @@ def entering(
     none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        one_thread_per_task()
         for batch in batches:
             ids, matrix = shared.value
             found = exact_top_k(vectors(batch.column("embedding")), none, matrix, k, block_size)

@@ -2,7 +2,9 @@
 
 Exact: each Python worker reads the candidate table's parquet files (the current Delta snapshot)
 once, sorted by id, into an N×d float32 matrix; each query batch is scored against it in blocks of
-`block_size` candidates (one sgemm each, so the score matrix is batch × block_size). A block's scores
+`block_size` candidates (one sgemm each, so the score matrix is batch × block_size). The sgemm is
+torch's (MKL picks its kernel from the CPU's instruction sets; numpy's OpenBLAS chose a generic one
+on this project's VMs, whose CPU model is unnamed: 3.6× slower per query batch, measured). A block's scores
 below a query's running K-th best are dropped with one comparison; the few survivors are merged as
 uint64 keys that order by (score descending, candidate position ascending). Position order is id
 order, so equal scores are ordered by candidate id and results are deterministic.
@@ -33,6 +35,7 @@ __all__ = [
     "candidate_matrix",
     "exact_top_k",
     "excluded_positions",
+    "one_thread_per_task",
     "result_batch",
     "vectors",
 ]
@@ -80,6 +83,14 @@ def _block_floor(scores: np.ndarray, k: int) -> np.ndarray:
     return np.partition(maxima, groups - k, axis=1)[:, groups - k]
 
 
+def one_thread_per_task() -> None:
+    """torch on one thread in this Spark task: Spark runs one task per core, and more threads per task
+    oversubscribe the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def exact_top_k(
     queries: np.ndarray,
     excluded: tuple[np.ndarray, np.ndarray],
@@ -90,11 +101,13 @@ def exact_top_k(
     """(positions[Q, k], scores[Q, k]) of each query's highest inner products with the rows of
     `candidates`, best first, ties by position; `excluded` = (query rows, candidate positions) pairs
     to skip. Slots with no candidate have position -1 and score -inf."""
+    import torch
+
     best = np.full((len(queries), k), _EMPTY)
     skip_rows, skip_positions = excluded
     for start in range(0, len(candidates), block_size):
         block = candidates[start : start + block_size]
-        scores = queries @ block.T
+        scores = torch.mm(torch.from_numpy(queries), torch.from_numpy(block).T).numpy()
         inside = (skip_positions >= start) & (skip_positions < start + len(block))
         scores[skip_rows[inside], skip_positions[inside] - start] = -np.inf
         worst = best.max(axis=1)
@@ -115,6 +128,8 @@ def vectors(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if not flat.flags.writeable:  # a view of Arrow's buffer; torch wants arrays it may write
+        flat = flat.copy()
     return flat.reshape(len(column), len(flat) // max(len(column), 1))
 
 
@@ -159,6 +174,7 @@ def blocked_top_k(queries: DataFrame, candidate_files: list[str], k: int, block_
     files = tuple(candidate_files)
 
     def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        one_thread_per_task()
         for whole in batches:
             ids, matrix = candidate_matrix(files)  # read once per process, only where there are queries
             for start in range(0, whole.num_rows, block_size):
