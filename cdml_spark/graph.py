@@ -313,7 +313,7 @@ def video_key() -> Column:
 
 def video_dictionary(events: DataFrame) -> DataFrame:
     """video_id, key of the videos in `events`; refuses two ids with one key (`VideoKeyCollision`)."""
-    videos = events.select("video_id", video_key()).distinct().persist()
+    videos = events.select("video_id").distinct().select("video_id", video_key()).persist()
     ids, keys = videos.agg(F.count(F.lit(1)), F.countDistinct("key")).first()
     if ids != keys:
         collided = (
