@@ -26,37 +26,37 @@ def _round(acc: int, lane: int) -> int:
     return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
 
 
-def xxhash64(text: str, seed: int = 42) -> int:
-    """XXH64 of the UTF-8 bytes with Spark's seed 42, as a signed long (Spark's `xxhash64`), written
-    from the algorithm's specification."""
-    data = text.encode()
-    n, i = len(data), 0
+def xxh64(data: bytes, seed: int) -> int:
+    """XXH64, unsigned (the reference algorithm, as Spark's xxhash64 applies it to UTF-8 strings)."""
+    n, i, seed = len(data), 0, seed & _M64
+    lane = lambda at, width: int.from_bytes(data[at : at + width], "little")  # noqa: E731
     if n >= 32:
-        acc = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
         while i + 32 <= n:
-            acc = [
-                _round(a, int.from_bytes(data[i + 8 * j : i + 8 * j + 8], "little"))
-                for j, a in enumerate(acc)
-            ]
+            v = [_round(v[j], lane(i + 8 * j, 8)) for j in range(4)]
             i += 32
-        h = (_rotl(acc[0], 1) + _rotl(acc[1], 7) + _rotl(acc[2], 12) + _rotl(acc[3], 18)) & _M64
-        for a in acc:
-            h = (((h ^ _round(0, a)) * _P1) + _P4) & _M64
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for x in v:
+            h = ((h ^ _round(0, x)) * _P1 + _P4) & _M64
     else:
         h = (seed + _P5) & _M64
     h = (h + n) & _M64
     while i + 8 <= n:
-        h = ((_rotl(h ^ _round(0, int.from_bytes(data[i : i + 8], "little")), 27) * _P1) + _P4) & _M64
+        h = (_rotl(h ^ _round(0, lane(i, 8)), 27) * _P1 + _P4) & _M64
         i += 8
     if i + 4 <= n:
-        h = ((_rotl(h ^ (int.from_bytes(data[i : i + 4], "little") * _P1 & _M64), 23) * _P2) + _P3) & _M64
+        h = (_rotl(h ^ ((lane(i, 4) * _P1) & _M64), 23) * _P2 + _P3) & _M64
         i += 4
-    while i < n:
-        h = (_rotl(h ^ (data[i] * _P5 & _M64), 11) * _P1) & _M64
-        i += 1
-    h = ((h ^ (h >> 33)) * _P2) & _M64
-    h = ((h ^ (h >> 29)) * _P3) & _M64
-    h ^= h >> 32
+    for byte in data[i:]:
+        h = (_rotl(h ^ ((byte * _P5) & _M64), 11) * _P1) & _M64
+    for shift, prime in ((33, _P2), (29, _P3)):
+        h = ((h ^ (h >> shift)) * prime) & _M64
+    return h ^ (h >> 32)
+
+
+def xxhash64(text: str) -> int:
+    """Spark's `xxhash64(text)`: XXH64 of the UTF-8 bytes, seed 42, as a signed long."""
+    h = xxh64(text.encode(), 42)
     return h - (1 << 64) if h >= 1 << 63 else h
 
 

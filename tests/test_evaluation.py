@@ -27,7 +27,7 @@ from cdml_spark.tables import EVAL_METRICS, VIDEO_SPLITS, WATCH_EVENTS, TableSto
 from cdml_spark.triplets import assign_splits
 
 from .conftest import SMALL, make_config
-from .reference import brute_force_edges
+from .reference import brute_force_edges, xxh64
 from .test_notebooks import NOTEBOOK_DIR, run_notebook
 
 
@@ -56,58 +56,12 @@ def test_time_split_matches_python(spark):
     assert got == expected
 
 
-_P1, _P2, _P3, _P4, _P5 = (
-    0x9E3779B185EBCA87,
-    0xC2B2AE3D27D4EB4F,
-    0x165667B19E3779F9,
-    0x85EBCA77C2B2AE63,
-    0x27D4EB2F165667C5,
-)
-_M64 = (1 << 64) - 1
-
-
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (64 - r))) & _M64
-
-
-def _round(acc: int, lane: int) -> int:
-    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
-
-
-def _xxh64(data: bytes, seed: int) -> int:
-    """XXH64 (the reference algorithm, as Spark's xxhash64 applies it to UTF-8 strings)."""
-    n, i, seed = len(data), 0, seed & _M64
-    lane = lambda at, width: int.from_bytes(data[at : at + width], "little")  # noqa: E731
-    if n >= 32:
-        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
-        while i + 32 <= n:
-            v = [_round(v[j], lane(i + 8 * j, 8)) for j in range(4)]
-            i += 32
-        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
-        for x in v:
-            h = ((h ^ _round(0, x)) * _P1 + _P4) & _M64
-    else:
-        h = (seed + _P5) & _M64
-    h = (h + n) & _M64
-    while i + 8 <= n:
-        h = (_rotl(h ^ _round(0, lane(i, 8)), 27) * _P1 + _P4) & _M64
-        i += 8
-    if i + 4 <= n:
-        h = (_rotl(h ^ ((lane(i, 4) * _P1) & _M64), 23) * _P2 + _P3) & _M64
-        i += 4
-    for byte in data[i:]:
-        h = (_rotl(h ^ ((byte * _P5) & _M64), 11) * _P1) & _M64
-    for shift, prime in ((33, _P2), (29, _P3)):
-        h = ((h ^ (h >> shift)) * prime) & _M64
-    return h ^ (h >> 32)
-
-
 def _uniform(*parts: str) -> float:
     """Pure-Python triplets.hash_uniform of string columns: Spark's xxhash64 (seed 42, each column
     seeding the next), low 53 bits / 2^53."""
     h = 42
     for part in parts:
-        h = _xxh64(part.encode(), h)
+        h = xxh64(part.encode(), h)
     return (h & ((1 << 53) - 1)) / float(1 << 53)
 
 
