@@ -150,15 +150,36 @@ def _codes(values: pa.ChunkedArray) -> np.ndarray:
     return pc.dictionary_encode(values).combine_chunks().indices.to_numpy().astype(np.int64)
 
 
+def _packed(columns: list[np.ndarray]) -> np.ndarray | None:
+    """One int64 per row that orders rows as `columns` do lexicographically (mixed radix over each
+    column's value range), or None when the ranges need more than 63 bits."""
+    code, capacity = np.zeros(len(columns[0]), np.int64), 1
+    for column in columns:
+        low, high = int(column.min()), int(column.max())
+        capacity *= high - low + 1
+        if capacity >= 2**63:
+            return None
+        code = code * (high - low + 1) + (column.astype(np.int64) - low)
+    return code
+
+
 def group_sum(
     columns: list[np.ndarray], weights: np.ndarray | None = None
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """The distinct rows of `columns` (sorted) and per row the sum of `weights` (default: the count)."""
-    order = np.lexsort(columns[::-1])
-    ordered = [c[order] for c in columns]
-    if not len(order):
-        return ordered, np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, np.any([c[1:] != c[:-1] for c in ordered], axis=0)])
+    """The distinct rows of `columns` (sorted) and per row the sum of `weights` (default: the count).
+    One int64 sort when the columns pack into 63 bits (3-5× faster than a lexsort), else a lexsort."""
+    if not len(columns[0]):
+        return columns, np.zeros(0, np.int64)
+    packed = _packed(columns)
+    if packed is None:
+        order = np.lexsort(columns[::-1])
+        ordered = [c[order] for c in columns]
+        starts = np.flatnonzero(np.r_[True, np.any([c[1:] != c[:-1] for c in ordered], axis=0)])
+    else:
+        order = np.argsort(packed)
+        ordered = [c[order] for c in columns]
+        packed = packed[order]
+        starts = np.flatnonzero(np.r_[True, packed[1:] != packed[:-1]])
     weight = weights[order] if weights is not None else np.ones(len(order), np.int64)
     return [c[starts] for c in ordered], np.add.reduceat(weight, starts)
 
@@ -311,10 +332,15 @@ def video_key() -> Column:
     return F.xxhash64("video_id").alias("key")
 
 
-def video_dictionary(events: DataFrame) -> DataFrame:
-    """video_id, key of the videos in `events`; refuses two ids with one key (`VideoKeyCollision`)."""
-    videos = events.select("video_id").distinct().select("video_id", video_key()).persist()
-    ids, keys = videos.agg(F.count(F.lit(1)), F.countDistinct("key")).first()
+def video_dictionary(events: DataFrame) -> tuple[DataFrame, int]:
+    """(video_id, key, events: the videos in `events` and their event counts, persisted; the number
+    of events), from one aggregation; refuses two ids with one key (`VideoKeyCollision`)."""
+    videos = (
+        events.groupBy("video_id")
+        .agg(F.count(F.lit(1)).alias("events"))
+        .select("video_id", video_key(), "events")
+    ).persist()
+    ids, keys, total = videos.agg(F.count(F.lit(1)), F.countDistinct("key"), F.sum("events")).first()
     if ids != keys:
         collided = (
             videos.groupBy("key")
@@ -323,7 +349,7 @@ def video_dictionary(events: DataFrame) -> DataFrame:
         ).first()
         videos.unpersist()
         raise VideoKeyCollision(f"{ids:,} video ids map to {keys:,} hash keys, e.g. {collided['ids']}")
-    return videos
+    return videos, total or 0
 
 
 def sorted_keys(videos: DataFrame) -> np.ndarray:
@@ -369,10 +395,11 @@ def with_ids(pairs: DataFrame, videos: DataFrame) -> DataFrame:
     return pairs.join(ids_a, "key_a").join(ids_b, "key_b").select("video_a", "video_b", "cowatch_user_days")
 
 
-def per_user_partitions(spark: SparkSession, events: DataFrame, params: GraphConfig) -> int:
-    """Tasks for the per-user step: enough that none holds more than `events_per_task` events."""
+def per_user_partitions(spark: SparkSession, events: int, params: GraphConfig) -> int:
+    """Tasks for the per-user step over `events` events: enough that none holds more than
+    `events_per_task` of them."""
     minimum = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    return max(minimum, math.ceil(events.count() / params.events_per_task))
+    return max(minimum, math.ceil(events / params.events_per_task))
 
 
 def latest_event_day(events: DataFrame) -> int | None:
@@ -387,11 +414,11 @@ def _window_counts(
     """Full mode: (pairs: video_a, video_b, cowatch_user_days with ≥ min_users; user_days: key,
     video_id, user_days; the cached frames) over the window `days`."""
     events = days.events(events)
-    partitions = per_user_partitions(events.sparkSession, events, params)
-    dictionary = video_dictionary(events)
+    dictionary, event_count = video_dictionary(events)
+    partitions = per_user_partitions(events.sparkSession, event_count, params)
     rows = history(events, params, partitions).persist()
     counted = F.col("day").between(days.first, days.last)
-    user_days = exposures(rows, counted, by_day=False).join(dictionary, "key").persist()
+    user_days = exposures(rows, counted, by_day=False).join(dictionary.drop("events"), "key").persist()
     videos = user_days.where(F.col("user_days") >= params.min_users)
     pairs = pair_counts(rows, sorted_keys(videos), params, partitions, counted, by_day=False)
     return with_ids(pairs, videos).persist(), user_days, [rows, user_days, dictionary]

@@ -97,8 +97,8 @@ def _compute_days(
     lookback = lookback_days(params)
     needed = sorted({d - k for d in stale for k in range(lookback + 1)})
     source = events.where(_event_day().isin(needed)) if needed else events.limit(0)
-    partitions = per_user_partitions(store.spark, source, params)
-    dictionary = video_dictionary(source)
+    dictionary, event_count = video_dictionary(source)
+    partitions = per_user_partitions(store.spark, event_count, params)
     rows = history(source, params, partitions).persist()
     counted = F.col("day").isin(stale) if stale else F.lit(False)
     keys = sorted_keys(rows.where("kept").select("key").distinct())
@@ -110,7 +110,7 @@ def _compute_days(
     )
     exposed = (
         exposures(rows, counted, by_day=True)
-        .join(dictionary, "key")
+        .join(dictionary.drop("events"), "key")
         .select(
             F.expr("date_from_unix_date(day)").alias("day"),
             "video_id",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from cdml_spark.errors import VideoKeyCollision
 from cdml_spark.events import ingest_events
-from cdml_spark.graph import build_graph
+from cdml_spark.graph import build_graph, group_sum
 from cdml_spark.tables import (
     COWATCH_DAILY_PAIRS,
     COWATCH_DAYS,
@@ -230,3 +232,20 @@ def test_incremental_days_match_brute_force_and_full_mode(spark, cfg_factory):
         incremental_stats
     )
     assert _stats(incremental_stats) == brute_force_stats(corrected, 6, 6, days[-2], days[-1])
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_group_sum_equals_a_counter(wide):
+    """group_sum against collections.Counter: packed into one int64 sort (small ranges), and the
+    lexsort it falls back to when a column spans 64 bits (video keys)."""
+    rng = np.random.default_rng(3)
+    user, day = rng.integers(0, 50, 5000), rng.integers(-3, 4, 5000).astype(np.int32)
+    video = rng.choice(np.array([-(2**63), 7, 2**62], np.int64) if wide else np.arange(9), 5000)
+    weight = rng.integers(1, 5, 5000)
+    (u, d, v), sums = group_sum([user, day, video], weight)
+    rows = list(zip(user.tolist(), day.tolist(), video.tolist(), strict=True))
+    expected = Counter()
+    for row, w in zip(rows, weight.tolist(), strict=True):
+        expected[row] += w
+    assert list(zip(u.tolist(), d.tolist(), v.tolist(), strict=True)) == sorted(expected)
+    assert sums.tolist() == [expected[row] for row in sorted(expected)]
