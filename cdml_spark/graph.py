@@ -171,15 +171,13 @@ def group_sum(
     if not len(columns[0]):
         return columns, np.zeros(0, np.int64)
     packed = _packed(columns)
+    order = np.lexsort(columns[::-1]) if packed is None else np.argsort(packed)
+    ordered = [c[order] for c in columns]
     if packed is None:
-        order = np.lexsort(columns[::-1])
-        ordered = [c[order] for c in columns]
-        starts = np.flatnonzero(np.r_[True, np.any([c[1:] != c[:-1] for c in ordered], axis=0)])
+        changed = np.any([c[1:] != c[:-1] for c in ordered], axis=0)
     else:
-        order = np.argsort(packed)
-        ordered = [c[order] for c in columns]
-        packed = packed[order]
-        starts = np.flatnonzero(np.r_[True, packed[1:] != packed[:-1]])
+        changed = np.diff(packed[order]) != 0
+    starts = np.flatnonzero(np.r_[True, changed])
     weight = weights[order] if weights is not None else np.ones(len(order), np.int64)
     return [c[starts] for c in ordered], np.add.reduceat(weight, starts)
 
