@@ -14,9 +14,10 @@ than the positive) from a pool of the batch's negatives and positives minus the 
 co-watch neighbours (its own sampled negative when none qualifies); hinge on squared distances with
 margin 0.1; Adam 1e-3; 12 epochs × 150 steps of 1024 triplets.
 
-`cowatch_ceiling` is co-occurrence CF on the graph of the training users' events on *every* video, cold
-ones included (the protocol removes those events): what collaborative filtering scores on the cold
-videos had the training users' watches of them been kept. No content method has more to go on.
+`cowatch_ceiling` is co-occurrence CF on the graph of every event that is not held out, cold videos'
+included (the protocol removes those): what collaborative filtering scores on the cold videos had the
+training users' (time split: training period's) watches of them been kept. A content-only method gets
+no such evidence about a cold video.
 Prints warm and cold NDCG@10, and the cold ratios against raw content and the ceiling.
 """
 
@@ -104,9 +105,9 @@ def train_reference(catalog: Catalog, seed: int = 0) -> np.ndarray:
 
 
 def ceiling_graph(valid: DataFrame, split: DataFrame, ecfg: AppConfig, index: dict[str, int]) -> Graph:
-    """The `cowatch_edges` rule on the training users' events, cold videos included, over `index`."""
-    training_users = split.where(~F.col("held_out")).select("user_id", "video_id")
-    events = valid.join(training_users, ["user_id", "video_id"], "left_semi")
+    """The `cowatch_edges` rule on the events that are not held out, cold videos included, over `index`."""
+    kept = split.where(~F.col("held_out")).select("user_id", "video_id")
+    events = valid.join(kept, ["user_id", "video_id"], "left_semi")
     edges = graph_edges(events, ecfg.graph).select("video_id", "neighbor_id", "score").toPandas()
     edges = edges[edges["video_id"].isin(index) & edges["neighbor_id"].isin(index)]
     rows, cols = edges["video_id"].map(index).to_numpy(), edges["neighbor_id"].map(index).to_numpy()
