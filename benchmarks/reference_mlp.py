@@ -36,6 +36,7 @@ from torch import nn
 from cdml_spark.cli import setup_logging
 from cdml_spark.config import AppConfig, load_config
 from cdml_spark.evaluation.protocols import (
+    catalog_graph,
     held_out_events,
     held_out_neighbours,
     index_of,
@@ -108,10 +109,7 @@ def ceiling_graph(valid: DataFrame, split: DataFrame, ecfg: AppConfig, index: di
     """The `cowatch_edges` rule on the events that are not held out, cold videos included, over `index`."""
     kept = split.where(~F.col("held_out")).select("user_id", "video_id")
     events = valid.join(kept, ["user_id", "video_id"], "left_semi")
-    edges = graph_edges(events, ecfg.graph).select("video_id", "neighbor_id", "score").toPandas()
-    edges = edges[edges["video_id"].isin(index) & edges["neighbor_id"].isin(index)]
-    rows, cols = edges["video_id"].map(index).to_numpy(), edges["neighbor_id"].map(index).to_numpy()
-    return Graph.from_edges(len(index), rows, cols, edges["score"].to_numpy())
+    return catalog_graph(graph_edges(events, ecfg.graph), index)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from cdml_spark.triplets import assign_splits, hash_uniform, read_holdout
 
 __all__ = [
     "Protocol",
+    "catalog_graph",
     "held_out_events",
     "held_out_neighbours",
     "index_of",
@@ -168,10 +169,7 @@ def load_catalog(spark: SparkSession, ecfg: AppConfig) -> Catalog:
     raw /= np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     ids = rows["video_id"].to_numpy()
     index = index_of(ids)
-    edges = store.read(COWATCH_EDGES).select("video_id", "neighbor_id", "score").toPandas()
-    edges = edges[edges["video_id"].isin(index) & edges["neighbor_id"].isin(index)]
-    sources, targets = edges["video_id"].map(index).to_numpy(), edges["neighbor_id"].map(index).to_numpy()
-    graph = Graph.from_edges(len(ids), sources, targets, edges["score"].to_numpy())
+    graph = catalog_graph(store.read(COWATCH_EDGES), index)
     return Catalog(
         ids=ids,
         split=rows["split"].to_numpy(),
@@ -181,6 +179,14 @@ def load_catalog(spark: SparkSession, ecfg: AppConfig) -> Catalog:
         raw=raw,
         genres=[list(g) if g is not None else [] for g in rows["genres"]],
     )
+
+
+def catalog_graph(edges: DataFrame, index: dict[str, int]) -> Graph:
+    """`Graph` of the rows of `edges` (video_id, neighbor_id, score) whose two videos are in `index`."""
+    rows = edges.select("video_id", "neighbor_id", "score").toPandas()
+    rows = rows[rows["video_id"].isin(index) & rows["neighbor_id"].isin(index)]
+    sources, targets = rows["video_id"].map(index).to_numpy(), rows["neighbor_id"].map(index).to_numpy()
+    return Graph.from_edges(len(index), sources, targets, rows["score"].to_numpy())
 
 
 def held_out_neighbours(events: DataFrame, graph: GraphConfig, index: dict[str, int]) -> dict[int, set[int]]:
